@@ -1,0 +1,74 @@
+"""ONNX Runtime backend: the reference implementation and the fallback where TensorRT is absent."""
+
+import os
+from typing import Dict
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import Backend
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs the package's ONNX file with ONNX Runtime (CUDA provider when present, else CPU)."""
+
+    name = "onnxruntime"
+
+    def _load_impl(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("ONNX Runtime is not installed: pip install onnxruntime "
+                               "(on a Jetson, use NVIDIA's onnxruntime-gpu wheel for your JetPack)")
+        path = self.package.onnx_path
+        if not os.path.isfile(path):
+            raise BackendError("model {}: {} does not exist".format(self.package.ref, path))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.options.threads:
+            opts.intra_op_num_threads = int(self.options.threads)
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in available] or available
+        try:
+            self._session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            raise BackendError("model {}: ONNX Runtime cannot load {}: {}".format(
+                self.package.ref, path, str(exc).strip().splitlines()[0] if str(exc) else exc))
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendError("model {}: has {} inputs; image classification models take "
+                               "exactly one".format(self.package.ref, len(inputs)))
+        graph_input = inputs[0]
+        want = list(self.package.input.shape)
+        have = list(graph_input.shape)
+        if len(have) != len(want) or any(isinstance(h, int) and h != w
+                                          for h, w in zip(have, want)):
+            raise BackendError("model {}: the ONNX input {!r} has shape {} but the manifest says "
+                               "{}; fix input.shape in model.yaml".format(
+                                   self.package.ref, graph_input.name, have, want))
+        if graph_input.type != "tensor(float)":
+            raise BackendError("model {}: input {!r} is {}; the agent feeds float32 "
+                               "(re-export the model with a float input)".format(
+                                   self.package.ref, graph_input.name, graph_input.type))
+        self.input_name = graph_input.name
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        wanted = self.package.output.name
+        if wanted and wanted not in self.output_names:
+            raise BackendError("model {}: output {!r} named in the manifest is not in the model "
+                               "(outputs: {})".format(self.package.ref, wanted,
+                                                      ", ".join(self.output_names)))
+        self.providers = self._session.get_providers()
+        self.precision = "fp32"
+
+    def _infer_impl(self, tensor: np.ndarray) -> Dict[str, np.ndarray]:
+        outputs = self._session.run(None, {self.input_name: tensor})
+        return dict(zip(self.output_names, outputs))
+
+    def _close_impl(self) -> None:
+        self._session = None
+
+    def describe(self):
+        info = super(OnnxRuntimeBackend, self).describe()
+        info["providers"] = list(getattr(self, "providers", []))
+        return info
