@@ -1,0 +1,561 @@
+"""The agent: wires config, model, backend, source, MQTT and telemetry into threads.
+
+capture thread -> FrameSlot -> inference thread -> publish queue -> MQTT link (spooled).
+A telemetry thread publishes every interval. One stop Event ends everything; SIGTERM/SIGINT
+set it, in-flight frames drain, the retained status goes `offline`.
+A new backend (model install, rollback) is prepared elsewhere and handed to the inference
+thread with `swap_backend`; the inference thread swaps it in between two frames.
+"""
+
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import __version__
+from .backends import open_backend
+from .backends.base import Backend, BackendOptions
+from .config import Config
+from .errors import AgentError, ModelError, SourceError
+from .package import ModelPackage
+from .postprocess import Classifier
+from .preprocess import Preprocessor
+from .sources import Frame, FrameSlot, Pacer, Source, make_source
+from .telemetry import StageStats
+
+log = logging.getLogger("edge-agent")
+
+
+def default_device_id() -> str:
+    name = socket.gethostname().split(".")[0] or "device"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def backend_options(config: Config) -> BackendOptions:
+    b = config.backend
+    return BackendOptions(kind=b.kind, precision=b.precision, workspace_mb=b.workspace_mb,
+                          max_batch=b.max_batch, dla_core=b.dla_core,
+                          calibration_dir=config.resolve(b.calibration_dir)
+                          if b.calibration_dir else None,
+                          preprocess=b.preprocess,
+                          state_dir=config.resolve(config.device.state_dir), threads=b.threads)
+
+
+def bundled_model_dirs(config: Config) -> List[str]:
+    """Where bundled model packages are looked for: next to the config, then the install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs = [config.resolve("models"), os.path.normpath(os.path.join(here, "..", "models")),
+            os.path.join(sys.prefix, "share", "edge-agent", "models")]
+    out = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def find_bundled_package(config: Config, name: str) -> ModelPackage:
+    tried = []
+    for base in bundled_model_dirs(config):
+        path = os.path.join(base, name)
+        tried.append(path)
+        if os.path.isfile(os.path.join(path, "model.yaml")):
+            return ModelPackage.load(path)
+    raise ModelError("model {!r}: no package found (looked in {}); set model.name to an "
+                     "installed model or install one with `edge-agent models install`".format(
+                         name, ", ".join(tried)))
+
+
+class ActiveModel(object):
+    """What the inference thread runs: a loaded backend and the pieces derived from its package."""
+
+    def __init__(self, backend: Backend, config: Config) -> None:
+        self.backend = backend
+        self.package = backend.package
+        self.preprocessor = None if backend.accepts_frames() else Preprocessor(self.package.input)
+        self.classifier = Classifier(self.package.labels, self.package.output.activation,
+                                     self.package.output.name, top_k=config.predictions.top_k,
+                                     min_score=config.predictions.min_score)
+        self.ref = self.package.ref
+
+    def describe(self) -> Dict[str, Any]:
+        return self.backend.describe()
+
+
+class Agent(object):
+    """The daemon. `run()` blocks until stopped and returns the exit code."""
+
+    def __init__(self, config: Config, max_frames: Optional[int] = None,
+                 duration: Optional[float] = None, notifier: Any = None, link: Any = None,
+                 telemetry: bool = True, backend: Optional[Backend] = None) -> None:
+        self.config = config
+        self.max_frames = max_frames
+        self.duration = duration
+        self.device_id = config.device.id or default_device_id()
+        self.state_dir = config.resolve(config.device.state_dir)
+        self.stop = threading.Event()
+        self.stats = StageStats()
+        self.notifier = notifier
+        self.link = link  # preset by `bench` (a local sink); else made in _start_link
+        self.spool = getattr(link, "spool", None)
+        self.telemetry_enabled = telemetry
+        self._preloaded = backend  # bench hands in the backend it already measured
+        self.source = None  # type: Optional[Source]
+        self.slot = None  # type: Optional[FrameSlot]
+        self.model = None  # type: Optional[ActiveModel]
+        self.state = "starting"
+        self.problems = {}  # type: Dict[str, str]
+        self.frames_done = 0
+        self.heartbeat = 0
+        self.seq = 0
+        self._pending_swap = None  # type: Optional[Tuple[ActiveModel, threading.Event, list]]
+        self._swap_lock = threading.Lock()
+        self._pub_queue = queue.Queue(maxsize=1024)  # type: queue.Queue
+        self._threads = []  # type: List[threading.Thread]
+        self._state_lock = threading.Lock()
+        self._last_prediction_pub = 0.0
+        self.listeners = []  # type: List[Callable[[Frame, Dict[str, Any]], None]]
+        self.exit_code = 0
+
+    # ---------------------------------------------------------------- status and events
+    def status_payload(self) -> Dict[str, Any]:
+        model = self.model
+        payload = {
+            "state": self.state,
+            "agent": __version__,
+            "device": self.device_id,
+            "model": model.describe() if model else None,
+            "source": self.config.source.uri,
+            "ts": round(time.time(), 3),
+        }
+        if self.problems:
+            payload["detail"] = "; ".join("{}: {}".format(k, v)
+                                          for k, v in sorted(self.problems.items()))
+        return payload
+
+    def set_state(self, state: Optional[str] = None) -> None:
+        """Publish the retained status; `degraded` wins while any problem is recorded."""
+        with self._state_lock:
+            if state is not None:
+                self._base_state = state
+            base = getattr(self, "_base_state", self.state)
+            new = "degraded" if self.problems and base == "serving" else base
+            self.state = new
+            payload = self.status_payload()
+        if self.link is not None:
+            self.link.publish("status", payload, kind="status", retain=True, qos=1)
+        if self.notifier is not None:
+            self.notifier.status(self.status_line())
+
+    def problem(self, key: str, reason: Optional[str]) -> None:
+        """Record (reason) or clear (None) a reason for `degraded`; republish on change."""
+        changed = False
+        with self._state_lock:
+            if reason is None:
+                changed = self.problems.pop(key, None) is not None
+            elif self.problems.get(key) != reason:
+                self.problems[key] = reason
+                changed = True
+        if changed:
+            self.set_state()
+
+    def status_line(self) -> str:
+        model = self.model
+        if model is None:
+            return "{}: no model".format(self.state)
+        d = model.describe()
+        return "{} {} on {} {}".format(self.state, model.ref, d.get("backend"),
+                                       d.get("precision"))
+
+    def emit_event(self, event: Dict[str, Any]) -> None:
+        event = dict(event)
+        event.setdefault("ts", round(time.time(), 3))
+        if self.link is not None:
+            self.link.publish("events", event, kind="event", qos=1)
+
+    # ---------------------------------------------------------------- model handling
+    def load_initial_model(self) -> Optional[ActiveModel]:
+        """The configured model on the best backend; None (degraded) when nothing loads."""
+        name = self.config.model.name
+        candidates = []  # type: List[ModelPackage]
+        errors = []  # type: List[str]
+        try:
+            candidates.append(find_bundled_package(self.config, name))
+        except AgentError as exc:
+            errors.append(str(exc))
+        for package in candidates:
+            try:
+                package.verify()
+                backend, reasons = open_backend(package, backend_options(self.config),
+                                                progress=self._build_progress)
+            except AgentError as exc:
+                errors.append(str(exc))
+                continue
+            for reason in reasons:
+                log.warning("%s", reason)
+            return ActiveModel(backend, self.config)
+        for error in errors:
+            log.error("%s", error)
+        self.problems["model"] = errors[-1] if errors else "no model"
+        return None
+
+    def _build_progress(self, phase: str, fraction: Optional[float], detail: str) -> None:
+        log.info("engine %s%s %s", phase,
+                 " {:.0%}".format(fraction) if fraction is not None else "", detail)
+        self.emit_event({"command": "build", "state": "building", "detail": "{} {}".format(
+            phase, detail).strip(), "progress": fraction})
+
+    def swap_backend(self, backend: Backend, timeout: float = 30.0) -> None:
+        """Hand a loaded backend to the inference thread and wait until it runs it.
+
+        Raises AgentError if the inference thread did not take it in time; the caller then
+        still owns `backend` and must close it.
+        """
+        active = ActiveModel(backend, self.config)
+        done = threading.Event()
+        result = []  # type: list
+        with self._swap_lock:
+            self._pending_swap = (active, done, result)
+        if not done.wait(timeout) or not result:
+            with self._swap_lock:
+                if self._pending_swap is not None and self._pending_swap[0] is active:
+                    self._pending_swap = None
+                    raise AgentError("the inference thread did not take the new model within "
+                                     "{:.0f} s".format(timeout))
+            done.wait(timeout)
+        old = result[0] if result else None
+        log.info("now serving %s on %s (%s)", active.ref, backend.name, backend.precision)
+        self.set_state()
+        if old is not None:
+            threading.Thread(target=old.backend.close, name="close-old-backend",
+                             daemon=True).start()
+
+    def _take_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending_swap = self._pending_swap, None
+        if pending is None:
+            return
+        active, done, result = pending
+        result.append(self.model)
+        self.model = active
+        self.problem("model", None)
+        done.set()
+
+    # ---------------------------------------------------------------- threads
+    def _capture_loop(self) -> None:
+        backoff = 1.0
+        cfg = self.config.source
+        while not self.stop.is_set():
+            try:
+                source = make_source(cfg.uri, self.config.base_dir, width=cfg.width,
+                                     height=cfg.height, fps=cfg.fps, loop=cfg.loop,
+                                     flip=cfg.flip)
+                source.open()
+            except SourceError as exc:
+                self.problem("source", str(exc))
+                log.error("%s (retrying in %.0f s)", exc, backoff)
+                if self.stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.source = source
+            self.problem("source", None)
+            backoff = 1.0
+            try:
+                ended = self._capture_frames(source)
+            except SourceError as exc:
+                self.problem("source", str(exc))
+                log.error("%s (reconnecting)", exc)
+                ended = False
+            finally:
+                source.close()
+            if ended:
+                self.slot.end()
+                return
+        self.slot.end()
+
+    def _capture_frames(self, source: Source) -> bool:
+        """Read frames until stopped (False) or the stream ends (True)."""
+        pacer = Pacer(source.fps if source.paced else 0.0, self.stop)
+        seq = 0
+        while not self.stop.is_set():
+            if not pacer.wait():
+                return False
+            t0 = time.monotonic()
+            image = source.read()
+            t1 = time.monotonic()
+            if image is None:
+                log.info("source %s: end of stream", source.describe())
+                return True
+            seq += 1
+            frame = Frame(image, seq, time.time(), t1, source.last_name)
+            frame.capture_ms = (t1 - t0) * 1000.0
+            model = self.model
+            if model is not None and model.preprocessor is not None:
+                try:
+                    frame.tensor = model.preprocessor(image)
+                except ValueError as exc:
+                    self.stats.record_error()
+                    log.warning("source %s: dropping a bad frame: %s", source.describe(), exc)
+                    continue
+                frame.prep = model.preprocessor
+                frame.preprocess_ms = (time.monotonic() - t1) * 1000.0
+            self.slot.put(frame, self.stop)
+        return False
+
+    def _inference_loop(self) -> None:
+        errors_logged = 0
+        while not self.stop.is_set():
+            self._take_swap()
+            self.heartbeat += 1
+            frame = self.slot.get(0.2)
+            if frame is None:
+                if self.slot.ended:
+                    log.info("all frames processed")
+                    self.stop.set()
+                continue
+            model = self.model
+            if model is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                if model.preprocessor is None:
+                    outputs = model.backend.infer_frame(frame.image)
+                else:
+                    tensor = frame.tensor
+                    if tensor is None or frame.prep is not model.preprocessor:
+                        tensor = model.preprocessor(frame.image)
+                        frame.preprocess_ms += (time.monotonic() - t0) * 1000.0
+                        t0 = time.monotonic()
+                    outputs = model.backend.infer(tensor)
+                t1 = time.monotonic()
+                top = model.classifier(outputs)
+            except Exception as exc:  # a failing model must not stop the loop
+                self.stats.record_error()
+                if errors_logged < 5:
+                    log.error("inference failed on frame %s with %s: %s", frame.seq, model.ref,
+                              exc)
+                    errors_logged += 1
+                continue
+            t2 = time.monotonic()
+            timings = {"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
+                       "infer": (t1 - t0) * 1000.0, "postprocess": (t2 - t1) * 1000.0}
+            frame.tensor = None  # free it early; listeners get the image
+            self._pub_queue.put((frame, top, model.ref, timings))
+            self.frames_done += 1
+            if self.max_frames is not None and self.frames_done >= self.max_frames:
+                log.info("processed %d frames (--max-frames)", self.frames_done)
+                self.stop.set()
+
+    def _publish_loop(self) -> None:
+        rate = self.config.predictions.max_rate_hz
+        min_gap = 1.0 / rate if rate else 0.0
+        while True:
+            try:
+                item = self._pub_queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.stop.is_set() and self._inference_done.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            frame, top, ref, timings = item
+            self.seq += 1
+            now = time.monotonic()
+            latency = (now - frame.t_capture) * 1000.0
+            timings["end_to_end"] = latency
+            self.stats.record(timings)
+            payload = {"ts": round(time.time(), 3), "seq": self.seq,
+                       "frame_ts": round(frame.ts, 3), "model": ref, "top": top,
+                       "latency_ms": round(latency, 2)}
+            if frame.name:
+                payload["frame"] = frame.name
+            if not min_gap or now - self._last_prediction_pub >= min_gap:
+                self._last_prediction_pub = now
+                self.link.publish("predictions", payload, kind="prediction")
+            for listener in self.listeners:
+                try:
+                    listener(frame, payload)
+                except Exception:
+                    log.exception("prediction listener failed")
+
+    def _telemetry_loop(self) -> None:
+        interval = self.config.telemetry.interval_s
+        last = time.monotonic()
+        cpu_last = _cpu_seconds()
+        dropped_last = 0
+        while not self.stop.wait(interval):
+            now = time.monotonic()
+            window = now - last
+            last = now
+            cpu_now = _cpu_seconds()
+            snap = self.stats.take()
+            frames = snap["frames"]
+            dropped = self.slot.dropped if self.slot else 0
+            message = {
+                "ts": round(time.time(), 3),
+                "window_s": round(window, 3),
+                "frames": frames,
+                "fps": round(frames / window, 2) if window > 0 else None,
+                "dropped": dropped - dropped_last,
+                "errors": snap["errors"],
+                "latency_ms": StageStats.summarize(snap["samples"]),
+                "cpu_percent": round(100.0 * (cpu_now - cpu_last) / window, 1)
+                if window > 0 else None,
+                "mem_mb": _rss_mb(),
+                "model": self.model.ref if self.model else None,
+            }
+            dropped_last = dropped
+            cpu_last = cpu_now
+            self.link.publish("telemetry", message, kind="telemetry")
+
+    # ---------------------------------------------------------------- commands
+    def handle_command(self, command: str, payload: bytes, topic: str) -> None:
+        """Routes a command from MQTT (paho's thread): answer quickly, work elsewhere."""
+        import json
+        request_id = None
+        try:
+            body = json.loads(payload.decode("utf-8")) if payload.strip() else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            self.emit_event({"command": command, "request_id": None, "state": "rejected",
+                             "error": "payload is not valid JSON: {}".format(exc)})
+            return
+        if isinstance(body, dict):
+            rid = body.get("request_id")
+            request_id = rid if isinstance(rid, str) else None
+        if command == "ping":
+            self.emit_event({"command": "ping", "request_id": request_id, "state": "done",
+                             "detail": self.status_line()})
+            return
+        self.emit_event({"command": command, "request_id": request_id, "state": "rejected",
+                         "error": "unknown command {!r}; known: ping".format(command)})
+
+    # ---------------------------------------------------------------- lifecycle
+    def _start_link(self) -> None:
+        from .mqtt import MqttLink
+        from .spool import Spool
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.spool = Spool(os.path.join(self.state_dir, "spool.db"),
+                           max_messages=self.config.mqtt.spool_max_messages)
+        self.link = MqttLink(self.config.mqtt, self.device_id, self.config.device.group,
+                             self.spool, on_command=self.handle_command,
+                             will_payload={"state": "offline", "device": self.device_id,
+                                           "agent": __version__, "reason": "connection lost"})
+        self.link.start()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=self._guard(target, name), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _guard(self, target: Callable[[], None], name: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except Exception:
+                log.exception("thread %s crashed; stopping the agent", name)
+                self.exit_code = 1
+                self.stop.set()
+        return run
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.stop.set()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        from .fingerprint import fingerprint
+        if self.link is None:
+            self._start_link()
+        self.set_state("starting")
+        self.link.publish("info", fingerprint(), kind="status", retain=True, qos=1)
+        self.set_state("building")
+        if self._preloaded is not None:
+            self.model = ActiveModel(self._preloaded, self.config)
+        else:
+            self.model = self.load_initial_model()
+        if self.model is not None:
+            log.info("serving %s on %s (%s)", self.model.ref, self.model.backend.name,
+                     self.model.backend.precision)
+        live = self._probe_live()
+        self.slot = FrameSlot(live=live)
+        self._inference_done = threading.Event()
+        self.set_state("serving")
+        if self.notifier is not None:
+            self.notifier.ready(self.status_line())
+        self._spawn(self._capture_loop, "capture")
+        inference = self._spawn(self._run_inference, "inference")
+        publisher = self._spawn(self._publish_loop, "publish")
+        if self.telemetry_enabled:
+            self._spawn(self._telemetry_loop, "telemetry")
+        deadline = time.monotonic() + self.duration if self.duration else None
+        while not self.stop.is_set():
+            timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            if self.stop.wait(timeout):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("ran for %.1f s (--duration)", self.duration)
+                self.stop.set()
+        return self.shutdown(inference, publisher)
+
+    def _run_inference(self) -> None:
+        try:
+            self._inference_loop()
+        finally:
+            self._inference_done.set()
+
+    def _probe_live(self) -> bool:
+        cfg = self.config.source
+        try:
+            return make_source(cfg.uri, self.config.base_dir, width=cfg.width, height=cfg.height,
+                               fps=cfg.fps, loop=cfg.loop, flip=cfg.flip).live
+        except SourceError:
+            return True
+
+    def shutdown(self, inference: threading.Thread, publisher: threading.Thread) -> int:
+        self.stop.set()
+        if self.notifier is not None:
+            self.notifier.stopping("draining")
+        inference.join(10.0)
+        self._pub_queue.put(None)
+        publisher.join(5.0)
+        for thread in self._threads:
+            thread.join(2.0)
+        if self.model is not None and self._preloaded is None:
+            self.model.backend.close()
+        self.state = "offline"
+        self._base_state = "offline"
+        payload = self.status_payload()
+        payload["reason"] = "shutdown"
+        self.link.publish("status", payload, kind="status", retain=True, qos=1)
+        drained = self.link.flush(3.0)
+        if not drained:
+            log.warning("broker unreachable at shutdown: %d messages stay spooled in %s and "
+                        "are sent at the next start", len(self.spool), self.spool.path)
+        self.link.stop(timeout=0.5)
+        self.spool.close()
+        log.info("stopped after %d frames", self.frames_done)
+        if self.model is None and self.exit_code == 0:
+            return 1
+        return self.exit_code
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t[0] + t[1]
+
+
+def _rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/statm", "r") as handle:
+            pages = int(handle.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0), 1)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,212 @@
+"""`edge-agent bench`: raw backend speed vs the full pipeline, in one run, on this machine.
+
+1. raw: the backend alone on pre-made input tensors (what the hardware can do);
+2. pipeline: the agent's own threads (capture, preprocess, infer, postprocess, publish) on a
+   real source running unpaced, so pipeline fps / raw fps shows what the plumbing costs;
+3. live-like: a paced 30 fps 1280x720 synthetic source, for capture-to-publish latency.
+No broker is needed: messages are serialized and written to a local spool exactly as in a run,
+then acknowledged at once (the broker's round trip is not part of the pipeline's cost).
+"""
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import __version__
+from .app import Agent, backend_options, find_bundled_package
+from .backends import open_backend
+from .config import Config, load_config
+from .package import ModelPackage
+from .preprocess import Preprocessor
+from .sources import make_source
+from .telemetry import StageStats, percentiles
+
+
+class LocalSink(object):
+    """Bench's message sink: serializes and spools like the MQTT link, acknowledges at once."""
+
+    def __init__(self, spool: Any) -> None:
+        self.spool = spool
+        self.messages = 0
+
+    def publish(self, suffix: str, payload: Dict[str, Any], kind: str, retain: bool = False,
+                qos: Optional[int] = None) -> None:
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        row = self.spool.put("bench/" + suffix, data, 1, retain, kind)
+        self.spool.ack(row)
+        self.messages += 1
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def stop(self, timeout: float = 0.0) -> None:
+        pass
+
+
+def resolve_package(config: Config, model: Optional[str]) -> ModelPackage:
+    if model and os.path.isdir(model):
+        return ModelPackage.load(model)
+    return find_bundled_package(config, model or config.model.name)
+
+
+def _source_tensors(config: Config, uri: str, prep: Preprocessor, count: int = 16) -> List[Any]:
+    cfg = config.source
+    source = make_source(uri, config.base_dir, width=cfg.width, height=cfg.height, fps=0.0,
+                         loop=True, flip=cfg.flip)
+    source.open()
+    try:
+        tensors = []
+        for _ in range(count):
+            image = source.read()
+            if image is None:
+                break
+            tensors.append(prep(image))
+    finally:
+        source.close()
+    if not tensors:
+        raise SystemExit("bench: source {} gave no frames".format(uri))
+    return tensors
+
+
+def measure_raw(backend: Any, tensors: List[Any], frames: int) -> Dict[str, Any]:
+    for i in range(min(20, frames)):
+        backend.infer(tensors[i % len(tensors)])
+    times = []
+    start = time.perf_counter()
+    for i in range(frames):
+        t0 = time.perf_counter()
+        backend.infer(tensors[i % len(tensors)])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    total = time.perf_counter() - start
+    return {"frames": frames, "fps": round(frames / total, 2), "infer_ms": percentiles(times)}
+
+
+def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames: int,
+                     width: Optional[int] = None, height: Optional[int] = None,
+                     warmup: int = 10) -> Dict[str, Any]:
+    from .spool import Spool
+    overrides = ["source.uri={}".format(uri), "source.fps={}".format(fps), "source.loop=true"]
+    if width:
+        overrides += ["source.width={}".format(width), "source.height={}".format(height)]
+    data = config.to_dict()
+    run_config = load_config(None, overrides, data=data)
+    run_config.base_dir = config.base_dir
+    tmp = tempfile.mkdtemp(prefix="edge-agent-bench-")
+    spool = Spool(os.path.join(tmp, "spool.db"), max_messages=10000)
+    sink = LocalSink(spool)
+    agent = Agent(run_config, max_frames=frames + warmup, link=sink, telemetry=False,
+                  backend=backend)
+    stamps = []  # type: List[float]
+    latencies = []  # type: List[float]
+    lock = threading.Lock()
+
+    def on_prediction(frame: Any, payload: Dict[str, Any]) -> None:
+        with lock:
+            stamps.append(time.monotonic())
+            latencies.append(payload["latency_ms"])
+
+    agent.listeners.append(on_prediction)
+    stats_samples = []  # type: List[Dict[str, Any]]
+    original_record = agent.stats.record
+
+    def record(durations: Dict[str, float]) -> None:
+        stats_samples.append(dict(durations))
+        original_record(durations)
+
+    agent.stats.record = record  # type: ignore
+    agent.run()
+    spool.close()
+    try:
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+        os.rmdir(tmp)
+    except OSError:
+        pass
+    kept = stats_samples[warmup:]
+    stamps = stamps[warmup:]
+    elapsed = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    stages = {}
+    for stage in ("capture", "preprocess", "infer", "postprocess", "end_to_end"):
+        stages[stage] = percentiles([s[stage] for s in kept if stage in s])
+    return {"frames": len(stamps), "fps": round((len(stamps) - 1) / elapsed, 2)
+            if elapsed > 0 else None, "stages_ms": stages, "dropped": agent.slot.dropped,
+            "errors": agent.stats.errors}
+
+
+def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
+              source: Optional[str] = None, as_json: bool = False) -> int:
+    package = resolve_package(config, model)
+    package.verify()
+    backend, reasons = open_backend(package, backend_options(config))
+    try:
+        prep = Preprocessor(package.input)
+        uri = source or config.source.uri
+        tensors = _source_tensors(config, uri, prep)
+        raw = measure_raw(backend, tensors, frames)
+        pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
+        live = measure_pipeline(config, backend, "synthetic://", 30.0, min(frames, 150),
+                                width=1280, height=720)
+    finally:
+        backend.close()
+    result = {
+        "agent": __version__,
+        "model": package.ref,
+        "backend": backend.name,
+        "precision": backend.precision,
+        "degraded": reasons,
+        "cpu_count": os.cpu_count(),
+        "raw": raw,
+        "pipeline": pipeline,
+        "live": live,
+        "ratio": round(pipeline["fps"] / raw["fps"], 3) if pipeline["fps"] else None,
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    }
+    e2e = (live["stages_ms"].get("end_to_end") or {}).get("p50")
+    raw_p50 = (raw["infer_ms"] or {}).get("p50")
+    result["live_latency_over_raw_p50_ms"] = round(e2e - raw_p50, 2) \
+        if e2e is not None and raw_p50 is not None else None
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_table(result, uri)
+    return 0
+
+
+def _fmt(p: Optional[Dict[str, float]]) -> str:
+    if not p:
+        return "{:>8} {:>8} {:>8}".format("-", "-", "-")
+    return "{:8.2f} {:8.2f} {:8.2f}".format(p["p50"], p["p95"], p["p99"])
+
+
+def print_table(r: Dict[str, Any], uri: str) -> None:
+    print("edge-agent bench: {} on {} ({}), {} cores".format(
+        r["model"], r["backend"], r["precision"], r["cpu_count"]))
+    for reason in r["degraded"]:
+        print("  note: " + reason)
+    print("")
+    print("{:<34} {:>8}   {:>8} {:>8} {:>8}".format("", "fps", "p50 ms", "p95 ms", "p99 ms"))
+    print("{:<34} {:8.2f}   {}".format("raw backend (infer only)", r["raw"]["fps"],
+                                       _fmt(r["raw"]["infer_ms"])))
+    p = r["pipeline"]
+    print("{:<34} {:8.2f}   {}".format("pipeline, " + uri[:24] + " (unpaced)", p["fps"] or 0.0,
+                                       _fmt(p["stages_ms"]["end_to_end"])))
+    for stage in ("capture", "preprocess", "infer", "postprocess"):
+        print("  {:<32} {:>8}   {}".format(stage, "", _fmt(p["stages_ms"][stage])))
+    lv = r["live"]
+    print("{:<34} {:8.2f}   {}".format("live-like 30 fps 1280x720", lv["fps"] or 0.0,
+                                       _fmt(lv["stages_ms"]["end_to_end"])))
+    for stage in ("preprocess", "infer"):
+        print("  {:<32} {:>8}   {}".format(stage, "", _fmt(lv["stages_ms"][stage])))
+    print("")
+    print("pipeline fps / raw fps: {}".format(r["ratio"]))
+    print("live capture-to-publish p50 - raw infer p50: {} ms".format(
+        r["live_latency_over_raw_p50_ms"]))
+    print("peak resident memory of this process: {} MB".format(r["max_rss_mb"]))

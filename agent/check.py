@@ -1,0 +1,185 @@
+"""`edge-agent check`: the environment doctor. Says what this machine has, what the config
+needs, and how to fix what is missing. Exit code 0 only when nothing the config needs fails."""
+
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .config import Config
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+class Report(object):
+    def __init__(self) -> None:
+        self.rows = []  # type: List[Dict[str, str]]
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.rows.append({"check": name, "status": status, "detail": detail})
+
+    @property
+    def failed(self) -> bool:
+        return any(r["status"] == FAIL for r in self.rows)
+
+
+def _module(name: str) -> Tuple[Optional[Any], Optional[str]]:
+    import importlib
+    try:
+        return importlib.import_module(name), None
+    except Exception as exc:  # ImportError, or a broken native library
+        return None, "{}: {}".format(type(exc).__name__, exc)
+
+
+def check_python(report: Report) -> None:
+    v = sys.version_info
+    status = OK if v >= (3, 6) else FAIL
+    report.add("python", status, "{}.{}.{} at {}".format(v[0], v[1], v[2], sys.executable))
+
+
+def check_modules(report: Report, config: Config) -> None:
+    for name, needed, fix in (
+            ("numpy", True, "pip install 'numpy<2' (on a Jetson use the system python3-numpy)"),
+            ("yaml", True, "pip install pyyaml"),
+            ("paho.mqtt.client", True, "pip install 'paho-mqtt>=1.6,<3' (1.6.x on Python 3.6)")):
+        mod, err = _module(name)
+        report.add(name.split(".")[0], OK if mod else (FAIL if needed else WARN),
+                   getattr(mod, "__version__", "present") if mod else "{}; fix: {}".format(
+                       err, fix))
+    cv2, err = _module("cv2")
+    if cv2 is None:
+        report.add("opencv", FAIL, "{}; fix: on a Jetson use the system OpenCV "
+                   "(python3-opencv from JetPack); elsewhere pip install "
+                   "opencv-python-headless".format(err))
+    else:
+        info = cv2.getBuildInformation()
+        gst = "GStreamer:" in info and "YES" in info.split("GStreamer:")[1].split("\n")[0]
+        uri = config.source.uri
+        needs_gst = uri.startswith(("csi://", "rtsp://"))
+        report.add("opencv", OK, "{} (GStreamer: {})".format(cv2.__version__,
+                                                           "yes" if gst else "no"))
+        if needs_gst and not gst:
+            report.add("gstreamer", FAIL, "source {} needs OpenCV built with GStreamer; pip "
+                       "OpenCV wheels have none: use the system cv2 (JetPack)".format(uri))
+    kind = config.backend.kind
+    ort, err = _module("onnxruntime")
+    report.add("onnxruntime", OK if ort else (FAIL if kind == "onnxruntime" else WARN),
+               "{} providers {}".format(ort.__version__, ",".join(ort.get_available_providers()))
+               if ort else "{}; fix: pip install onnxruntime".format(err))
+    trt, err = _module("tensorrt")
+    report.add("tensorrt", OK if trt else (FAIL if kind == "tensorrt" else WARN),
+               getattr(trt, "__version__", "present") if trt else
+               "not installed ({}); on a Jetson it comes with JetPack (python3-libnvinfer; use "
+               "the system Python or a venv with --system-site-packages); ONNX Runtime is used "
+               "instead".format(err.split(":")[0] if err else ""))
+    if trt is not None:
+        cuda, err = _module("pycuda.driver")
+        report.add("pycuda", OK if cuda else FAIL,
+                   "present" if cuda else "{}; fix: pip install 'pycuda<=2022.1' on Python 3.6 "
+                   "(needs nvcc on PATH or CUDA_INC_DIR)".format(err))
+    if not ort and not trt:
+        report.add("backend", FAIL, "no inference backend: install onnxruntime or TensorRT")
+
+
+def check_power(report: Report, config: Config) -> None:
+    if os.path.exists("/run/jtop.sock"):
+        report.add("jtop", OK, "jtop service socket /run/jtop.sock present")
+    try:
+        from .power import discover_power
+    except ImportError:
+        return
+    try:
+        reader = discover_power(config.telemetry.power)
+    except Exception as exc:
+        report.add("power", FAIL if config.telemetry.power not in ("auto", "none") else WARN,
+                   str(exc))
+        return
+    try:
+        status = OK if reader.source != "none" or config.telemetry.power == "none" else WARN
+        report.add("power", status, "source: {}{}".format(
+            reader.source, "" if reader.source != "none" else
+            " (no readable power sensor: energy per inference is not reported)"))
+    finally:
+        reader.close()
+
+
+def check_broker(report: Report, config: Config) -> None:
+    host, port = config.mqtt.host, config.mqtt.port
+    try:
+        sock = socket.create_connection((host, port), timeout=2.0)
+        sock.close()
+        report.add("broker", OK, "{}:{} accepts TCP connections".format(host, port))
+    except (OSError, socket.timeout) as exc:
+        # The agent runs without a broker (it spools), so this is a warning.
+        report.add("broker", WARN, "{}:{} unreachable ({}); the agent keeps running and "
+                   "spools messages; fix mqtt.host/mqtt.port or start the broker".format(
+                       host, port, exc))
+
+
+def check_source(report: Report, config: Config) -> None:
+    from .sources import make_source
+    cfg = config.source
+    try:
+        source = make_source(cfg.uri, config.base_dir, width=cfg.width, height=cfg.height,
+                             fps=cfg.fps, loop=cfg.loop, flip=cfg.flip)
+        source.open()
+        try:
+            image = source.read()
+        finally:
+            source.close()
+        if image is None:
+            report.add("source", FAIL, "{} opened but gave no frame".format(cfg.uri))
+        else:
+            report.add("source", OK, "{} gives {}x{} frames".format(
+                cfg.uri, image.shape[1], image.shape[0]))
+    except Exception as exc:
+        report.add("source", FAIL, str(exc))
+
+
+def check_model(report: Report, config: Config) -> None:
+    from .app import find_bundled_package
+    try:
+        package = find_bundled_package(config, config.model.name)
+        package.verify()
+        report.add("model", OK, "{} at {}".format(package.ref, package.root))
+    except Exception as exc:
+        report.add("model", FAIL, str(exc))
+
+
+def check_state_dir(report: Report, config: Config) -> None:
+    path = config.resolve(config.device.state_dir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.unlink(probe)
+        report.add("state_dir", OK, "{} is writable".format(path))
+    except OSError as exc:
+        report.add("state_dir", FAIL, "{}: {}; fix device.state_dir or its permissions".format(
+            path, exc))
+
+
+CHECKS = (check_python, check_modules, check_power, check_broker, check_source, check_model,
+          check_state_dir)  # type: Tuple[Callable[..., None], ...]
+
+
+def run_check(config: Config, as_json: bool = False) -> int:
+    report = Report()
+    for check in CHECKS:
+        if check is check_python:
+            check(report)
+        else:
+            check(report, config)
+    if as_json:
+        json.dump({"ok": not report.failed, "checks": report.rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        width = max(len(r["check"]) for r in report.rows)
+        for r in report.rows:
+            print("{:<4} {:<{w}}  {}".format(r["status"], r["check"], r["detail"], w=width))
+        print("")
+        print("result: {}".format("FAIL: fix the lines marked FAIL" if report.failed
+                                  else "ok"))
+    return 1 if report.failed else 0

@@ -1,0 +1,275 @@
+"""MQTT link: paho-mqtt 1.6 and 2.x, TLS, Last Will, reconnect, durable spool, command routing.
+
+Every QoS 1 message goes through the on-disk spool (agent/spool.py) and a sender thread hands
+spooled messages to paho in order, only while connected, and deletes each one when the broker
+acknowledges it. A broker outage or an agent restart therefore loses nothing. After a
+reconnect, paho first re-sends what was in flight; new messages follow once those are
+acknowledged, so the order on the broker is the order of production.
+
+This module knows nothing about inference: it carries JSON messages and routes commands.
+"""
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Set
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, bytes, str], None]  # (command, payload, topic)
+
+
+def _rc_value(rc: Any) -> int:
+    """paho 2.x passes ReasonCode objects, 1.x plain ints."""
+    value = getattr(rc, "value", rc)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def topic_for(prefix: str, device_id: str, suffix: str) -> str:
+    return "{}/{}/{}".format(prefix, device_id, suffix)
+
+
+class MqttLink(object):
+    """One broker connection for one device."""
+
+    INFLIGHT_WINDOW = 32
+
+    def __init__(self, cfg: Any, device_id: str, group: Optional[str], spool: Any,
+                 on_command: Optional[CommandHandler] = None,
+                 will_payload: Optional[Dict[str, Any]] = None) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.group = group
+        self.spool = spool
+        self.on_command = on_command
+        self.prefix = cfg.prefix
+        self.connected = False
+        self.last_error = None  # type: Optional[str]
+        self._will_payload = will_payload or {"state": "offline"}
+        self._cond = threading.Condition()
+        self._inflight = {}  # type: Dict[int, int]   # paho mid -> spool row id
+        self._early_acks = set()  # type: Set[int]
+        self._sent_up_to = 0  # highest spool id handed to paho
+        self._resync = False
+        self._stop = threading.Event()
+        self._sender = None  # type: Optional[threading.Thread]
+        self._connect_events = 0
+        self._client = self._make_client()
+
+    # ---- topics ----
+    def topic(self, suffix: str) -> str:
+        return topic_for(self.prefix, self.device_id, suffix)
+
+    def command_topics(self) -> Dict[str, str]:
+        """Subscription filter -> the prefix before the command name."""
+        topics = {self.topic("cmd/#"): self.topic("cmd/")}
+        if self.group:
+            base = "{}/groups/{}/cmd/".format(self.prefix, self.group)
+            topics[base + "#"] = base
+        return topics
+
+    # ---- client setup ----
+    def _make_client(self) -> Any:
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError:
+            from .errors import AgentError
+            raise AgentError("paho-mqtt is not installed: pip install 'paho-mqtt>=1.6,<3' "
+                             "(1.6.x on Python 3.6)")
+        self._mqtt = mqtt
+        client_id = self.cfg.client_id or "edge-agent-{}".format(self.device_id)
+        if hasattr(mqtt, "CallbackAPIVersion"):
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 clean_session=True)
+            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
+            client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
+            client.on_publish = lambda c, u, mid, rc=None, props=None: self._handle_puback(mid)
+        else:
+            client = mqtt.Client(client_id=client_id, clean_session=True)
+            client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
+            client.on_disconnect = lambda c, u, rc: self._handle_disconnect(rc)
+            client.on_publish = lambda c, u, mid: self._handle_puback(mid)
+        client.on_message = self._handle_message
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(self.INFLIGHT_WINDOW)
+        client.max_queued_messages_set(0)
+        will = dict(self._will_payload)
+        client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self._read_password())
+        tls = self.cfg.tls
+        if tls.enabled:
+            import ssl
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        return client
+
+    def _read_password(self) -> Optional[str]:
+        path = self.cfg.password_file
+        if not path:
+            return None
+        from .errors import ConfigError
+        try:
+            with open(path, "r") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError("config: mqtt.password_file: cannot read {}: {}".format(
+                path, exc.strerror or exc))
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        """Connect in the background: no exception when the broker is down at boot."""
+        try:
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except (socket.error, ValueError) as exc:
+            self.last_error = str(exc)
+            log.warning("MQTT broker %s:%s: %s; will keep retrying", self.cfg.host,
+                        self.cfg.port, exc)
+        self._client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every spooled message is acknowledged (or timeout); True when drained."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while len(self.spool) > 0:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.connected:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Flush what the broker can take within `timeout`, then disconnect cleanly."""
+        self.flush(timeout)
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(2.0)
+        try:
+            self._client.disconnect()
+        except Exception:  # disconnect on a never-connected client: nothing to do
+            pass
+        self._client.loop_stop()
+
+    # ---- publishing ----
+    def publish(self, suffix: str, payload: Dict[str, Any], kind: str, retain: bool = False,
+                qos: Optional[int] = None) -> None:
+        """Queue a JSON message for P/D/<suffix>. QoS 1 is spooled; QoS 0 is best effort."""
+        qos = self.cfg.qos if qos is None else qos
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        topic = self.topic(suffix)
+        if qos == 0:
+            if self.connected:
+                self._client.publish(topic, data, qos=0, retain=retain)
+            return
+        self.spool.put(topic, data, qos, retain, kind)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._stop.is_set() and not self._can_send():
+                    self._cond.wait(0.5)
+                if self._stop.is_set():
+                    return
+                room = self.INFLIGHT_WINDOW - len(self._inflight)
+                after = self._sent_up_to
+            batch = self.spool.pending(room, after_id=after)
+            if not batch:
+                with self._cond:
+                    if self._sent_up_to == after and not self._stop.is_set():
+                        self._cond.wait(0.5)
+                continue
+            for msg in batch:
+                if not self.connected:
+                    break
+                info = self._client.publish(msg.topic, msg.payload, qos=msg.qos,
+                                            retain=msg.retain)
+                rc = _rc_value(getattr(info, "rc", 0))
+                if rc not in (0, 4):  # 4 = MQTT_ERR_NO_CONN: paho keeps it and sends on reconnect
+                    log.warning("MQTT publish to %s refused by the client (rc %s); retrying",
+                                msg.topic, rc)
+                    break
+                with self._cond:
+                    self._sent_up_to = msg.id
+                    if info.mid in self._early_acks:
+                        self._early_acks.discard(info.mid)
+                        self.spool.ack(msg.id)
+                    else:
+                        self._inflight[info.mid] = msg.id
+
+    def _can_send(self) -> bool:
+        if not self.connected or len(self._inflight) >= self.INFLIGHT_WINDOW:
+            return False
+        if self._resync:
+            if self._inflight:
+                return False
+            self._resync = False
+        return True
+
+    # ---- paho callbacks (paho's network thread) ----
+    def _handle_connect(self, rc: Any) -> None:
+        code = _rc_value(rc)
+        if code != 0:
+            # A refused CONNACK is not "connected" (bad credentials, not authorised, ...).
+            reason = self._mqtt.connack_string(code) if code >= 0 else str(rc)
+            self.last_error = "broker refused the connection: {}".format(reason)
+            log.error("MQTT %s:%s %s; check mqtt.username/password_file/tls in the config",
+                      self.cfg.host, self.cfg.port, self.last_error)
+            return
+        with self._cond:
+            self.connected = True
+            self.last_error = None
+            self._connect_events += 1
+            self._cond.notify_all()
+        log.info("MQTT connected to %s:%s as %s", self.cfg.host, self.cfg.port, self.device_id)
+        for pattern in self.command_topics():
+            self._client.subscribe(pattern, qos=1)
+
+    def _handle_disconnect(self, rc: Any) -> None:
+        code = _rc_value(rc)
+        with self._cond:
+            was = self.connected
+            self.connected = False
+            # What paho had in flight is re-sent by paho after the reconnect; new messages wait
+            # until those are acknowledged, which keeps the order.
+            self._resync = True
+            self._cond.notify_all()
+        if was and code != 0 and not self._stop.is_set():
+            self.last_error = "connection lost (rc {})".format(code)
+            log.warning("MQTT connection to %s:%s lost (rc %s); reconnecting, messages are "
+                        "spooled on disk meanwhile", self.cfg.host, self.cfg.port, code)
+
+    def _handle_puback(self, mid: int) -> None:
+        with self._cond:
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                self._early_acks.add(mid)
+            else:
+                self.spool.ack(row)
+            self._cond.notify_all()
+
+    def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        topic = message.topic
+        for prefix in self.command_topics().values():
+            if topic.startswith(prefix):
+                command = topic[len(prefix):]
+                break
+        else:
+            return
+        if self.on_command is None:
+            return
+        try:
+            self.on_command(command, message.payload, topic)
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("command handler failed for %s", topic)

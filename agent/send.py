@@ -1,0 +1,103 @@
+"""`edge-agent send`: the operator side. Publishes a command and prints the device's events
+for it until the command is done."""
+
+import json
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+from .config import Config
+from .errors import AgentError
+
+FINAL_OK = ("done", "activated", "installed")
+FINAL_BAD = ("rejected", "failed")
+
+
+def send_command(config: Config, command: str, device: Optional[str] = None,
+                 group: Optional[str] = None, payload_text: str = "{}",
+                 wait_s: float = 30.0, out: Any = None) -> int:
+    out = out or sys.stdout
+    try:
+        payload = json.loads(payload_text)
+    except ValueError as exc:
+        raise AgentError("--json: not valid JSON: {}".format(exc))
+    if not isinstance(payload, dict):
+        raise AgentError("--json: must be a JSON object, e.g. '{\"name\": \"m\"}'")
+    payload.setdefault("request_id", uuid.uuid4().hex[:12])
+    request_id = payload["request_id"]
+    prefix = config.mqtt.prefix
+    if device:
+        cmd_topic = "{}/{}/cmd/{}".format(prefix, device, command)
+        events_topic = "{}/{}/events".format(prefix, device)
+    else:
+        cmd_topic = "{}/groups/{}/cmd/{}".format(prefix, group, command)
+        events_topic = "{}/+/events".format(prefix)
+
+    import paho.mqtt.client as mqtt
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id="edge-agent-send-" + request_id)
+    else:
+        client = mqtt.Client(client_id="edge-agent-send-" + request_id)
+    if config.mqtt.username:
+        password = None
+        if config.mqtt.password_file:
+            with open(config.mqtt.password_file) as handle:
+                password = handle.read().strip()
+        client.username_pw_set(config.mqtt.username, password)
+    if config.mqtt.tls.enabled:
+        client.tls_set(ca_certs=config.mqtt.tls.ca_file, certfile=config.mqtt.tls.cert_file,
+                       keyfile=config.mqtt.tls.key_file)
+    done = threading.Event()
+    subscribed = threading.Event()
+    outcomes = []  # type: List[str]
+    lock = threading.Lock()
+
+    def on_subscribe(*args: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: Any, u: Any, message: Any) -> None:
+        try:
+            event = json.loads(message.payload.decode("utf-8"))
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("request_id") != request_id:
+            return
+        who = message.topic.split("/")[-2]
+        with lock:
+            out.write("{} {} {}{}{}\n".format(
+                who, event.get("command"), event.get("state"),
+                " {:.0%}".format(event["progress"]) if isinstance(event.get("progress"),
+                                                                 (int, float)) else "",
+                " " + json.dumps(event.get("error") or event.get("detail"))
+                if event.get("error") or event.get("detail") else ""))
+            out.flush()
+            if event.get("state") in FINAL_OK + FINAL_BAD:
+                outcomes.append(event["state"])
+                if device:
+                    done.set()
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    try:
+        client.connect(config.mqtt.host, config.mqtt.port, keepalive=30)
+    except OSError as exc:
+        raise AgentError("cannot reach the broker {}:{}: {}".format(
+            config.mqtt.host, config.mqtt.port, exc))
+    client.loop_start()
+    try:
+        client.subscribe(events_topic, qos=1)
+        if not subscribed.wait(10.0):
+            raise AgentError("broker did not confirm the subscription to {}".format(
+                events_topic))
+        client.publish(cmd_topic, json.dumps(payload), qos=1).wait_for_publish()
+        done.wait(wait_s)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    if not outcomes:
+        out.write("no final event for request {} within {:.0f} s\n".format(request_id, wait_s))
+        return 1
+    return 0 if all(o in FINAL_OK for o in outcomes) else 1
