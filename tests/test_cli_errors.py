@@ -1,0 +1,138 @@
+"""Bad input at start: each gives a clear message naming the thing and the fix, never a
+traceback. Runs the real CLI as a subprocess."""
+
+import os
+import signal
+
+import pytest
+
+from conftest import ROOT, AgentProcess, agent_args, free_port
+
+
+def run_cli(*args, **kw):
+    proc = AgentProcess(list(args), **kw)
+    code = proc.wait(60)
+    return code, proc.err
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("mqtt:\n  hots: x\n", "config: mqtt.hots: unknown key"),
+    ("mqtt:\n  port: seventeen\n", "config: mqtt.port: 'seventeen' must be a whole number"),
+    ("mqtt:\n  port: 70000\n", "config: mqtt.port: 70000 is above the maximum 65535"),
+    ("backend:\n  precision: fp8\n", "config: backend.precision: 'fp8' is not one of fp32, "
+                                      "fp16, int8"),
+    ("source: [1, 2]\n", "config: source: must be a mapping"),
+    ("mqtt:\n  port: [1883\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "the top level must be a mapping"),
+    ("mqtt:\n  tls:\n    cert_file: /x.pem\n", "cert_file and key_file go together"),
+    ("device:\n  id: a/b\n", "config: device.id: 'a/b' may not contain"),
+])
+def test_bad_config_files_are_refused_with_the_key_path(tmp_path, content, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(content)
+    code, err = run_cli("run", "-c", str(path))
+    assert code == 2
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("mqtt.nope=1", "--set mqtt.nope: unknown key mqtt.nope"),
+    ("mqtt=1", "--set mqtt: is a section"),
+    ("noequals", "expected key.path=value"),
+    ("telemetry.interval_s=0", "config: telemetry.interval_s: 0.0 is below the minimum 0.2"),
+])
+def test_bad_overrides_are_refused(override, expected):
+    code, err = run_cli("run", "-c", os.path.join(ROOT, "config.yaml"), "--set", override)
+    assert code == 2
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_missing_config_file():
+    code, err = run_cli("run", "-c", "/nonexistent/config.yaml")
+    assert code == 2
+    assert "config file /nonexistent/config.yaml does not exist" in err
+
+
+def test_missing_model_is_reported_and_status_is_degraded(broker, recorder, tmp_path):
+    args = agent_args(broker.port, "nomodel", str(tmp_path / "s"), "--set",
+                      "model.name=no_such_model", "--duration", "3")
+    code, err = run_cli(*args)
+    assert code == 1
+    assert "model 'no_such_model': no package found" in err
+    assert "Traceback" not in err
+    degraded = recorder.wait_topic("nomodel/status", lambda p: p.get("state") == "degraded",
+                                   10, "degraded status")
+    assert "no_such_model" in degraded["detail"]
+
+
+def test_corrupt_model_file_is_reported(broker, tmp_path):
+    import shutil
+    pkg = tmp_path / "models" / "broken"
+    shutil.copytree(os.path.join(ROOT, "models", "efficientnet_lite0"), str(pkg))
+    with open(str(pkg / "model.onnx"), "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"garbage!")
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: broken}\nsource: {uri: 'synthetic://'}\n")
+    args = ["run", "-c", str(config), "--set", "mqtt.port={}".format(broker.port),
+            "--set", "device.id=corrupt", "--duration", "2"]
+    code, err = run_cli(*args)
+    assert code == 1
+    assert "has sha256" in err and "the file is corrupt or the manifest is stale" in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_source_is_reported_and_agent_keeps_running(broker, recorder, tmp_path):
+    args = agent_args(broker.port, "nosource", str(tmp_path / "s"), "--set",
+                      "source.uri=file:///nonexistent/dir", "--duration", "3")
+    code, err = run_cli(*args)
+    assert code == 0
+    assert "source file:///nonexistent/dir: /nonexistent/dir does not exist" in err
+    assert "Traceback" not in err
+    degraded = recorder.wait_topic("nosource/status", lambda p: p.get("state") == "degraded",
+                                   10, "degraded status")
+    assert "/nonexistent/dir" in degraded["detail"]
+
+
+def test_unknown_source_scheme(broker, tmp_path):
+    args = agent_args(broker.port, "badscheme", str(tmp_path / "s"), "--set",
+                      "source.uri=ftp://x/y", "--duration", "2")
+    code, err = run_cli(*args)
+    assert "unknown scheme 'ftp'" in err
+    assert "Traceback" not in err
+
+
+def test_help_teaches():
+    code, err = run_cli("--help")
+    proc = AgentProcess(["--help"])
+    proc.wait(30)
+    out = proc.stdout.decode()
+    assert proc.proc.returncode == 0
+    for word in ("run", "bench", "check", "send", "quick start", "--set"):
+        assert word in out
+    proc = AgentProcess(["run", "--help"])
+    proc.wait(30)
+    out = proc.stdout.decode()
+    assert "--max-frames" in out and "--duration" in out and "retained" in out
+
+
+def test_check_reports_and_fails_on_what_the_config_needs(broker, tmp_path):
+    code, err = run_cli("check", "-c", os.path.join(ROOT, "config.yaml"), "--set",
+                        "mqtt.port={}".format(broker.port), "--set",
+                        "device.state_dir={}".format(tmp_path / "s"))
+    proc = AgentProcess(["check", "-c", os.path.join(ROOT, "config.yaml"), "--json",
+                         "--set", "mqtt.port={}".format(broker.port),
+                         "--set", "device.state_dir={}".format(tmp_path / "s")])
+    assert proc.wait(60) == 0, proc.err
+    import json
+    report = json.loads(proc.stdout.decode())
+    status = {r["check"]: r["status"] for r in report["checks"]}
+    assert status["onnxruntime"] == "ok" and status["broker"] == "ok"
+    assert status["model"] == "ok" and status["source"] == "ok"
+    proc = AgentProcess(["check", "-c", os.path.join(ROOT, "config.yaml"),
+                         "--set", "source.uri=file:///nonexistent",
+                         "--set", "device.state_dir={}".format(tmp_path / "s")])
+    assert proc.wait(60) == 1
+    assert "FAIL source" in proc.stdout.decode()
