@@ -12,6 +12,7 @@ This module knows nothing about inference: it carries JSON messages and routes c
 import json
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Set
@@ -50,6 +51,7 @@ class MqttLink(object):
         self.prefix = cfg.prefix
         self.connected = False
         self.last_error = None  # type: Optional[str]
+        self.spool_errors = 0
         self._will_payload = will_payload or {"state": "offline"}
         self._cond = threading.Condition()
         self._inflight = {}  # type: Dict[int, int]   # paho mid -> spool row id
@@ -171,7 +173,18 @@ class MqttLink(object):
             if self.connected:
                 self._client.publish(topic, data, qos=0, retain=retain)
             return
-        self.spool.put(topic, data, qos, retain, kind)
+        try:
+            self.spool.put(topic, data, qos, retain, kind)
+        except sqlite3.Error as exc:
+            # Disk full or read-only: hand the message to paho's memory queue instead, so
+            # serving goes on; it is lost only if the agent also restarts before delivery.
+            self.spool_errors += 1
+            if self.spool_errors == 1 or self.spool_errors % 1000 == 0:
+                log.error("spool %s cannot store messages (%s, %d so far); sending from memory "
+                          "until it can", getattr(self.spool, "path", "?"), exc,
+                          self.spool_errors)
+            self._client.publish(topic, data, qos=qos, retain=retain)
+            return
         with self._cond:
             self._cond.notify_all()
 
