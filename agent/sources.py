@@ -153,7 +153,6 @@ class FileSource(Source):
     def read(self) -> Optional[np.ndarray]:
         if self._video is not None:
             return self._read_video()
-        misses = 0
         while self._files:
             if self._index >= len(self._files):
                 if not self.loop:
@@ -165,10 +164,12 @@ class FileSource(Source):
             if image is None:
                 image = self._decode(path)
                 if image is None:
-                    misses += 1
-                    if misses >= len(self._files):
-                        raise SourceError("source {}: none of the {} images could be decoded"
-                                          .format(self.uri, len(self._files)))
+                    # Not an image: leave it out of later passes.
+                    self._index -= 1
+                    del self._files[self._index]
+                    if not self._files:
+                        raise SourceError("source {}: none of the images could be decoded"
+                                          .format(self.uri))
                     continue
             self.last_name = os.path.basename(path)
             return self._flip(image)
