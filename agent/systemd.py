@@ -1,0 +1,417 @@
+"""Talking to systemd: sd_notify readiness/status/watchdog, and journald-friendly logging.
+
+Pure stdlib so it imports everywhere. Outside systemd (no ``NOTIFY_SOCKET``) every call is a
+cheap no-op that returns False, so the app calls it unconditionally. A failed send is logged at
+debug and swallowed: the agent must never die because the notify socket went away.
+
+Protocol (sd_notify(3), docs/PLATFORM.md section 7): newline-separated ``KEY=VALUE`` fields sent
+as ONE datagram over AF_UNIX/SOCK_DGRAM to ``$NOTIFY_SOCKET``; a leading ``@`` names the Linux
+abstract namespace and stands for a NUL byte. The unit must say ``NotifyAccess=main`` and the
+messages must come from the main process (threads of it are fine).
+"""
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Mapping, Optional, Tuple, Union
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Seconds a send may block when systemd is not draining the socket (it never should be).
+_SEND_TIMEOUT_S = 1.0
+
+
+def _one_line(text):
+    # type: (object) -> str
+    """A field value cannot hold a newline: it would start a new KEY=VALUE field."""
+    return " ".join(str(text).splitlines())
+
+
+def _socket_address(raw):
+    # type: (Optional[str]) -> Optional[str]
+    """``$NOTIFY_SOCKET`` as a socket address, or None where it is absent or unusable."""
+    if not raw:
+        return None
+    if raw.startswith("@"):
+        return "\0" + raw[1:]
+    if raw.startswith("/"):
+        return raw
+    # e.g. systemd >= 254's "vsock:CID:PORT": not for a process on the same host.
+    log.debug("NOTIFY_SOCKET=%r is neither a path nor @abstract; notifications disabled", raw)
+    return None
+
+
+class Notifier(object):
+    """sd_notify sender. ``Notifier()`` reads the real environment; tests pass ``environ``.
+
+    Every method returns True when the datagram went out and False when notifications are
+    disabled (not under systemd) or the send failed; none raises.
+    """
+
+    def __init__(self, environ=None):
+        # type: (Optional[Mapping[str, str]]) -> None
+        env = os.environ if environ is None else environ
+        self._env = env
+        self._address = _socket_address(env.get("NOTIFY_SOCKET"))
+        self._sock = None  # type: Optional[socket.socket]
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self):
+        # type: () -> bool
+        """True when ``$NOTIFY_SOCKET`` names a socket, i.e. we run under ``Type=notify``."""
+        return self._address is not None
+
+    def watchdog_interval(self):
+        # type: () -> Optional[float]
+        """Seconds between ``WATCHDOG=1`` pings (half of ``$WATCHDOG_USEC``), or None.
+
+        None when the unit has no ``WatchdogSec=``, when the value is not a positive integer,
+        or when ``$WATCHDOG_PID`` names another process (the watchdog is not ours to feed).
+        """
+        raw = self._env.get("WATCHDOG_USEC")
+        if not raw:
+            return None
+        try:
+            usec = int(raw)
+        except ValueError:
+            log.debug("WATCHDOG_USEC=%r is not an integer; watchdog disabled", raw)
+            return None
+        if usec <= 0:
+            return None
+        pid = self._env.get("WATCHDOG_PID")
+        if pid:
+            try:
+                if int(pid) != os.getpid():
+                    return None
+            except ValueError:
+                log.debug("WATCHDOG_PID=%r is not an integer; watchdog disabled", pid)
+                return None
+        return usec / 2.0 / 1e6
+
+    def send(self, text):
+        # type: (str) -> bool
+        """Send ``text`` (already ``KEY=VALUE`` lines) as one datagram."""
+        if self._address is None:
+            return False
+        data = text.encode("utf-8")
+        with self._lock:
+            try:
+                if self._sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    sock.settimeout(_SEND_TIMEOUT_S)
+                    self._sock = sock
+                self._sock.sendto(data, self._address)
+                return True
+            except (OSError, ValueError) as exc:
+                # ValueError: an address Python refuses (e.g. an embedded NUL in a path).
+                log.debug("sd_notify %r to %r failed: %s", text, self._env.get("NOTIFY_SOCKET"), exc)
+                self._close_locked()
+                return False
+
+    def notify(self, **fields):
+        # type: (**object) -> bool
+        """Send ``KEY=VALUE`` fields, in the order given, as one datagram."""
+        if not fields:
+            return False
+        return self.send("\n".join("%s=%s" % (k, _one_line(v)) for k, v in fields.items()))
+
+    def ready(self, status=None):
+        # type: (Optional[str]) -> bool
+        """Start-up finished (also after a reload): ``READY=1`` with an optional status line."""
+        if status is None:
+            return self.notify(READY=1)
+        return self.notify(READY=1, STATUS=status)
+
+    def status(self, text):
+        # type: (str) -> bool
+        """Free-form one-line state shown by ``systemctl status``."""
+        return self.notify(STATUS=text)
+
+    def watchdog(self):
+        # type: () -> bool
+        """Feed the watchdog (``WATCHDOG=1``). Prefer WatchdogPinger to calling this directly."""
+        return self.notify(WATCHDOG=1)
+
+    def stopping(self, status=None):
+        # type: (Optional[str]) -> bool
+        """Shutdown has begun (``STOPPING=1``); systemd then applies ``TimeoutStopSec=``."""
+        if status is None:
+            return self.notify(STOPPING=1)
+        return self.notify(STOPPING=1, STATUS=status)
+
+    def reloading(self):
+        # type: () -> bool
+        """A reload has begun; send ``ready()`` when it is done.
+
+        ``MONOTONIC_USEC`` is what systemd >= 253 needs for ``Type=notify-reload``; older
+        versions ignore the field.
+        """
+        return self.notify(RELOADING=1, MONOTONIC_USEC=int(time.monotonic() * 1e6))
+
+    def extend_timeout(self, seconds):
+        # type: (float) -> bool
+        """Ask for ``seconds`` more before the current start/stop timeout fires (systemd >= 236)."""
+        return self.notify(EXTEND_TIMEOUT_USEC=int(seconds * 1e6))
+
+    def close(self):
+        # type: () -> None
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self):
+        # type: () -> None
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    def __enter__(self):
+        # type: () -> Notifier
+        return self
+
+    def __exit__(self, *exc_info):
+        # type: (*object) -> None
+        self.close()
+
+
+class WatchdogPinger(object):
+    """Feeds the systemd watchdog only while the inference loop shows progress.
+
+    Every ``interval`` seconds (default: half of ``WatchdogSec=``) the pinger reads a progress
+    mark: the value of ``progress()`` (e.g. the frame counter) together with the number of
+    ``beat()`` calls. If the mark changed within the last ``stall_after_s`` seconds it sends
+    ``WATCHDOG=1``; otherwise it sends one ``STATUS=`` line saying the loop is stalled and stops
+    pinging, so systemd kills and restarts the agent when ``WatchdogSec=`` runs out. If the mark
+    moves again before that, pinging resumes.
+
+    The heartbeat rule: the inference thread calls ``beat()`` (or its alias ``alive()``) once per
+    pass of its loop, whether or not that pass produced a frame: after a frame, after a timed-out
+    wait for a frame (paused or reconnecting source), after a timed-out wait for a backend (model
+    still loading or building). "Idle but healthy" is therefore a loop that keeps going round;
+    a stall is the loop itself being stuck (hung infer call, deadlock, dead thread). Call
+    ``beat()`` from that one thread only: a beat from a healthy helper thread would hide it.
+
+    The thread loops on the shared stop Event (``stop.wait(interval)``) and sleeps nowhere else;
+    ``tick()`` does one step and is what tests drive with a fake ``clock``.
+    """
+
+    # Default stall limit in ping intervals: 3 x (WatchdogSec / 2) = 1.5 x WatchdogSec.
+    STALL_INTERVALS = 3
+
+    def __init__(
+        self,
+        notifier,  # type: Notifier
+        progress=None,  # type: Optional[Callable[[], int]]
+        stop=None,  # type: Optional[threading.Event]
+        interval=None,  # type: Optional[float]
+        stall_after_s=None,  # type: Optional[float]
+        clock=time.monotonic,  # type: Callable[[], float]
+    ):
+        # type: (...) -> None
+        self._notifier = notifier
+        self._progress = progress
+        self.stop = stop if stop is not None else threading.Event()
+        self.interval = interval if interval is not None else notifier.watchdog_interval()
+        if stall_after_s is None and self.interval is not None:
+            stall_after_s = self.STALL_INTERVALS * self.interval
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._beats = 0
+        self._beat_lock = threading.Lock()
+        self._thread = None  # type: Optional[threading.Thread]
+        self._stalled = False
+        self._progress_failed = False
+        self._last_mark = self._mark()
+        self._last_progress_at = clock()
+
+    @property
+    def enabled(self):
+        # type: () -> bool
+        """True when there is a watchdog to feed (notify socket and ``WatchdogSec=`` set)."""
+        return self._notifier.enabled and self.interval is not None
+
+    @property
+    def stalled(self):
+        # type: () -> bool
+        """True from the tick that found no progress until the mark moves again."""
+        return self._stalled
+
+    def beat(self):
+        # type: () -> None
+        """Count one heartbeat of the inference loop (see the class docstring for the rule)."""
+        with self._beat_lock:
+            self._beats += 1
+
+    alive = beat
+
+    def _mark(self):
+        # type: () -> Tuple[Optional[int], int]
+        value = None  # type: Optional[int]
+        if self._progress is not None:
+            try:
+                value = self._progress()
+            except Exception:  # a broken counter must read as "no progress", not kill the pinger
+                if not self._progress_failed:
+                    log.exception("watchdog: progress counter failed; treating it as no progress")
+                    self._progress_failed = True
+                value = None
+        with self._beat_lock:
+            beats = self._beats
+        return value, beats
+
+    def tick(self):
+        # type: () -> bool
+        """One check: ping if the loop progressed recently. Returns True when it pinged."""
+        now = self._clock()
+        mark = self._mark()
+        if mark != self._last_mark:
+            self._last_mark = mark
+            self._last_progress_at = now
+            if self._stalled:
+                self._stalled = False
+                log.warning("watchdog: inference loop is moving again; resuming watchdog pings")
+                self._notifier.status("inference loop running again")
+        idle = now - self._last_progress_at
+        if self.stall_after_s is not None and idle > self.stall_after_s:
+            if not self._stalled:
+                self._stalled = True
+                log.error(
+                    "watchdog: inference loop made no progress for %.1f s (limit %.1f s); "
+                    "stopping watchdog pings so systemd restarts the agent",
+                    idle,
+                    self.stall_after_s,
+                )
+                self._notifier.status(
+                    "inference loop stalled: no progress for %.1f s; watchdog pings stopped" % idle
+                )
+            return False
+        return self._notifier.watchdog()
+
+    def run(self):
+        # type: () -> None
+        """Thread body: tick now, then every ``interval`` until the stop Event is set."""
+        if self.interval is None:
+            return
+        while not self.stop.is_set():
+            self.tick()
+            if self.stop.wait(self.interval):
+                break
+
+    def start(self):
+        # type: () -> bool
+        """Start the thread if there is a watchdog to feed. Returns whether it started.
+
+        Start it before loading the model: systemd enforces ``WatchdogSec=`` during start-up too.
+        """
+        if not self.enabled or self._thread is not None:
+            return False
+        self._thread = threading.Thread(target=self.run, name="sd-watchdog", daemon=True)
+        self._thread.start()
+        return True
+
+    def join(self, timeout=None):
+        # type: (Optional[float]) -> None
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+# --- journald logging -------------------------------------------------------------------------
+
+# sd-daemon(3) priority prefixes, understood by journald on a service's stdout/stderr.
+_SYSLOG_PRIORITY = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _priority(levelno):
+    # type: (int) -> int
+    for threshold, priority in _SYSLOG_PRIORITY:
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+def under_journald(environ=None, stream=None):
+    # type: (Optional[Mapping[str, str]], Optional[object]) -> bool
+    """True when ``stream`` (default stderr) goes to the journal.
+
+    ``$JOURNAL_STREAM`` ("DEV:INODE", systemd >= 231) decides when present: it must match the
+    stream's fstat, otherwise stderr was redirected elsewhere. Without it, ``$INVOCATION_ID``
+    (set for every unit, systemd >= 232) is taken as "started by systemd".
+    """
+    env = os.environ if environ is None else environ
+    stream = sys.stderr if stream is None else stream
+    journal = env.get("JOURNAL_STREAM")
+    if journal:
+        try:
+            dev, ino = (int(part) for part in journal.split(":", 1))
+            st = os.fstat(stream.fileno())  # type: ignore
+        except (ValueError, OSError, AttributeError):
+            return False
+        return (st.st_dev, st.st_ino) == (dev, ino)
+    return bool(env.get("INVOCATION_ID"))
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>logger: message`` lines; journald adds the time, the unit and the PID itself.
+
+    Every line of a multi-line record (tracebacks) carries the prefix, so the whole traceback is
+    filed at the record's priority instead of its continuation lines at the default (info).
+    """
+
+    def __init__(self, fmt="%(name)s: %(message)s"):
+        # type: (str) -> None
+        super(JournalFormatter, self).__init__(fmt)
+
+    def format(self, record):
+        # type: (logging.LogRecord) -> str
+        prefix = "<%d>" % _priority(record.levelno)
+        text = super(JournalFormatter, self).format(record)
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level, environ=None, stream=None):
+    # type: (Union[str, int], Optional[Mapping[str, str]], Optional[object]) -> logging.Handler
+    """Point the root logger at stderr, journald style under systemd, timestamped otherwise.
+
+    Calling it again replaces the handler it installed before. ``level`` is a name such as
+    "INFO" (the ``logging.level`` config key); a bad name is a ConfigError naming the key.
+    """
+    if isinstance(level, int):
+        levelno = level
+    else:
+        name = str(level).upper()
+        if name not in _LEVELS:
+            raise ConfigError(
+                "logging.level: %r is not one of %s" % (level, ", ".join(_LEVELS))
+            )
+        levelno = getattr(logging, name)
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)  # type: ignore
+    if under_journald(environ, stream):
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler._edge_agent = True  # type: ignore  # marks the handler we replace on the next call
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_edge_agent", False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(levelno)
+    return handler
