@@ -94,16 +94,18 @@ def _load_config(args: argparse.Namespace):
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    """Timestamped lines on a terminal; `<N>` priorities and no timestamps under journald."""
+    from .systemd import configure_logging
+    configure_logging(level)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Agent
+    from .systemd import Notifier
     config = _load_config(args)
     _setup_logging(config.logging.level)
-    agent = Agent(config, max_frames=args.max_frames, duration=args.duration)
+    agent = Agent(config, max_frames=args.max_frames, duration=args.duration,
+                  notifier=Notifier(), overrides=args.overrides)
     agent.install_signal_handlers()
     return agent.run()
 

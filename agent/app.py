@@ -91,7 +91,8 @@ class Agent(object):
 
     def __init__(self, config: Config, max_frames: Optional[int] = None,
                  duration: Optional[float] = None, notifier: Any = None, link: Any = None,
-                 telemetry: bool = True, backend: Optional[Backend] = None) -> None:
+                 telemetry: bool = True, backend: Optional[Backend] = None,
+                 overrides: Optional[List[str]] = None) -> None:
         self.config = config
         self.max_frames = max_frames
         self.duration = duration
@@ -104,6 +105,7 @@ class Agent(object):
         self.spool = getattr(link, "spool", None)
         self.telemetry_enabled = telemetry
         self._preloaded = backend  # bench hands in the backend it already measured
+        self._overrides = list(overrides or [])  # --set values, re-applied on reload
         self.source = None  # type: Optional[Source]
         self.slot = None  # type: Optional[FrameSlot]
         self.model = None  # type: Optional[ActiveModel]
@@ -120,6 +122,8 @@ class Agent(object):
         self._last_prediction_pub = 0.0
         self.listeners = []  # type: List[Callable[[Frame, Dict[str, Any]], None]]
         self.exit_code = 0
+        self.pinger = None  # type: Any
+        self._reload_requested = threading.Event()
 
     # ---------------------------------------------------------------- status and events
     def status_payload(self) -> Dict[str, Any]:
@@ -204,6 +208,7 @@ class Agent(object):
         return None
 
     def _build_progress(self, phase: str, fraction: Optional[float], detail: str) -> None:
+        self.heartbeat += 1  # a build that reports progress is alive (systemd watchdog)
         log.info("engine %s%s %s", phase,
                  " {:.0%}".format(fraction) if fraction is not None else "", detail)
         self.emit_event({"command": "build", "state": "building", "detail": "{} {}".format(
@@ -352,8 +357,6 @@ class Agent(object):
                 self.stop.set()
 
     def _publish_loop(self) -> None:
-        rate = self.config.predictions.max_rate_hz
-        min_gap = 1.0 / rate if rate else 0.0
         while True:
             try:
                 item = self._pub_queue.get(timeout=0.5)
@@ -374,7 +377,8 @@ class Agent(object):
                        "latency_ms": round(latency, 2)}
             if frame.name:
                 payload["frame"] = frame.name
-            if not min_gap or now - self._last_prediction_pub >= min_gap:
+            rate = self.config.predictions.max_rate_hz
+            if not rate or now - self._last_prediction_pub >= 1.0 / rate:
                 self._last_prediction_pub = now
                 self.link.publish("predictions", payload, kind="prediction")
             for listener in self.listeners:
@@ -467,13 +471,26 @@ class Agent(object):
         def on_signal(signum: int, _frame: Any) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             self.stop.set()
+        def on_hangup(signum: int, _frame: Any) -> None:
+            self._reload_requested.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
 
     def run(self) -> int:
         from .fingerprint import fingerprint
         if self.link is None:
             self._start_link()
+        try:
+            import cv2
+            cv2.setNumThreads(1)  # the backend owns the cores; OpenCV threads only compete
+        except ImportError:
+            pass
+        if self.notifier is not None:
+            from .systemd import WatchdogPinger
+            self.pinger = WatchdogPinger(self.notifier, progress=lambda: self.heartbeat,
+                                         stop=self.stop)
+            self.pinger.start()
         self.set_state("starting")
         self.link.publish("info", fingerprint(), kind="status", retain=True, qos=1)
         self.set_state("building")
@@ -500,10 +517,55 @@ class Agent(object):
             timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             if self.stop.wait(timeout):
                 break
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload_config()
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("ran for %.1f s (--duration)", self.duration)
                 self.stop.set()
         return self.shutdown(inference, publisher)
+
+    # Keys a running agent applies on SIGHUP; any other change needs a restart.
+    LIVE_KEYS = ("logging.level", "predictions.top_k", "predictions.min_score",
+                 "predictions.max_rate_hz")
+
+    def reload_config(self) -> List[str]:
+        """SIGHUP: re-read the config file, apply what can change live, name the rest."""
+        from .config import load_config
+        if self.notifier is not None:
+            self.notifier.reloading()
+        path = self.config.source_path
+        try:
+            new = load_config(path, self._overrides)
+        except AgentError as exc:
+            log.error("reload: keeping the running config: %s", exc)
+            self.emit_event({"command": "reload", "state": "failed", "error": str(exc)})
+            if self.notifier is not None:
+                self.notifier.ready(self.status_line())
+            return []
+        old_flat, new_flat = _flatten(self.config.to_dict()), _flatten(new.to_dict())
+        changed = sorted(k for k in set(old_flat) | set(new_flat)
+                         if old_flat.get(k) != new_flat.get(k))
+        live = [k for k in changed if k in self.LIVE_KEYS]
+        restart = [k for k in changed if k not in self.LIVE_KEYS]
+        if "logging.level" in live:
+            logging.getLogger().setLevel(new.logging.level)
+        self.config.predictions = new.predictions
+        self.config.logging = new.logging
+        model = self.model
+        if model is not None:
+            model.classifier.top_k = new.predictions.top_k
+            model.classifier.min_score = new.predictions.min_score
+        detail = "applied: {}".format(", ".join(live) or "nothing changed")
+        if restart:
+            detail += "; need a restart: {}".format(", ".join(restart))
+            log.warning("reload: these changed keys take effect only after a restart: %s",
+                        ", ".join(restart))
+        log.info("reload: %s", detail)
+        self.emit_event({"command": "reload", "state": "done", "detail": detail})
+        if self.notifier is not None:
+            self.notifier.ready(self.status_line())
+        return changed
 
     def _run_inference(self) -> None:
         try:
@@ -541,10 +603,23 @@ class Agent(object):
                         "are sent at the next start", len(self.spool), self.spool.path)
         self.link.stop(timeout=0.5)
         self.spool.close()
+        if self.pinger is not None:
+            self.pinger.join(2.0)
         log.info("stopped after %d frames", self.frames_done)
         if self.model is None and self.exit_code == 0:
             return 1
         return self.exit_code
+
+
+def _flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}  # type: Dict[str, Any]
+    for key, value in data.items():
+        path = "{}.{}".format(prefix, key) if prefix else key
+        if isinstance(value, dict):
+            out.update(_flatten(value, path))
+        else:
+            out[path] = value
+    return out
 
 
 def _cpu_seconds() -> float:
