@@ -120,7 +120,10 @@ class Agent(object):
         self._threads = []  # type: List[threading.Thread]
         self._state_lock = threading.Lock()
         self._last_prediction_pub = 0.0
+        # Called in the publish thread with every (frame, prediction payload); the live view
+        # and bench use it. Telemetry listeners get each telemetry message.
         self.listeners = []  # type: List[Callable[[Frame, Dict[str, Any]], None]]
+        self.telemetry_listeners = []  # type: List[Callable[[Dict[str, Any]], None]]
         self.exit_code = 0
         self.pinger = None  # type: Any
         self._reload_requested = threading.Event()
@@ -416,6 +419,11 @@ class Agent(object):
             dropped_last = dropped
             cpu_last = cpu_now
             self.link.publish("telemetry", message, kind="telemetry")
+            for listener in self.telemetry_listeners:
+                try:
+                    listener(message)
+                except Exception:
+                    log.exception("telemetry listener failed")
 
     # ---------------------------------------------------------------- commands
     def handle_command(self, command: str, payload: bytes, topic: str) -> None:
