@@ -716,7 +716,7 @@ class RaplReader(PowerReader):
 
 
 def _make_reader(kind: str, root: str, jtop_factory: Optional[Callable[[], Any]],
-                 nvml_module: Any) -> PowerReader:
+                 nvml_module: Any, energy_counter: bool = True) -> PowerReader:
     if kind == "jtop":
         return JtopPowerReader(jtop_factory)
     if kind == "iio":
@@ -724,7 +724,7 @@ def _make_reader(kind: str, root: str, jtop_factory: Optional[Callable[[], Any]]
     if kind == "hwmon":
         return Ina3221HwmonReader(root)
     if kind == "nvml":
-        return NvmlPowerReader(nvml_module)
+        return NvmlPowerReader(nvml_module, energy_counter=energy_counter)
     if kind == "rapl":
         return RaplReader(root)
     return NonePowerReader()
@@ -732,7 +732,7 @@ def _make_reader(kind: str, root: str, jtop_factory: Optional[Callable[[], Any]]
 
 def discover_power(kind: str = "auto", root: str = "/",
                    jtop_factory: Optional[Callable[[], Any]] = None,
-                   nvml_module: Any = None) -> PowerReader:
+                   nvml_module: Any = None, energy_counter: bool = True) -> PowerReader:
     """The power reader for `kind` (telemetry.power). `auto` picks the first source present in
     the order jtop, iio, hwmon, nvml, rapl, else a NonePowerReader whose `reasons` say why;
     an explicit kind that is absent raises PowerSourceUnavailable naming what and the fix.
@@ -741,11 +741,11 @@ def discover_power(kind: str = "auto", root: str = "/",
         raise ConfigError("config: telemetry.power: {!r} is not one of {}".format(
             kind, ", ".join(POWER_KINDS)))
     if kind != "auto":
-        return _make_reader(kind, root, jtop_factory, nvml_module)
+        return _make_reader(kind, root, jtop_factory, nvml_module, energy_counter)
     reasons = {}  # type: Dict[str, str]
     for candidate in AUTO_ORDER:
         try:
-            reader = _make_reader(candidate, root, jtop_factory, nvml_module)
+            reader = _make_reader(candidate, root, jtop_factory, nvml_module, energy_counter)
         except PowerSourceUnavailable as exc:
             reasons[candidate] = str(exc)
             continue
