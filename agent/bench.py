@@ -90,9 +90,10 @@ def measure_raw(backend: Any, tensors: List[Any], frames: int) -> Dict[str, Any]
 
 def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames: int,
                      width: Optional[int] = None, height: Optional[int] = None,
-                     warmup: int = 10) -> Dict[str, Any]:
+                     warmup: int = 10, telemetry: bool = False) -> Dict[str, Any]:
     from .spool import Spool
-    overrides = ["source.uri={}".format(uri), "source.fps={}".format(fps), "source.loop=true"]
+    overrides = ["source.uri={}".format(uri), "source.fps={}".format(fps), "source.loop=true",
+                 "telemetry.interval_s=1"]
     if width:
         overrides += ["source.width={}".format(width), "source.height={}".format(height)]
     data = config.to_dict()
@@ -101,7 +102,7 @@ def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames:
     tmp = tempfile.mkdtemp(prefix="edge-agent-bench-")
     spool = Spool(os.path.join(tmp, "spool.db"), max_messages=10000)
     sink = LocalSink(spool)
-    agent = Agent(run_config, max_frames=frames + warmup, link=sink, telemetry=False,
+    agent = Agent(run_config, max_frames=frames + warmup, link=sink, telemetry=telemetry,
                   backend=backend)
     stamps = []  # type: List[float]
     latencies = []  # type: List[float]
@@ -140,21 +141,70 @@ def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames:
             "errors": agent.stats.errors}
 
 
+class EnergyProbe(object):
+    """Energy over a measured span, from the configured power source (None without one)."""
+
+    def __init__(self, config: Config) -> None:
+        from .power import PowerSampler, discover_power
+        self.stop = threading.Event()
+        self.sampler = None  # type: Any
+        try:
+            self.reader = discover_power(config.telemetry.power, energy_counter=False)
+        except Exception as exc:  # an explicit but absent source: bench goes on without it
+            print("bench: no power readings: {}".format(exc), file=sys.stderr)
+            self.reader = None
+            return
+        if self.reader.source != "none":
+            self.sampler = PowerSampler(self.reader, self.stop,
+                                        sample_hz=config.telemetry.sample_hz)
+            self.sampler.start()
+            self.idle_w = self.sampler.measure_idle(1.0)
+
+    @property
+    def source(self) -> str:
+        return self.reader.source if self.reader is not None else "none"
+
+    def mark(self) -> Any:
+        return self.sampler.totals() if self.sampler is not None else None
+
+    def energy(self, start: Any, inferences: int) -> Optional[Dict[str, Any]]:
+        if self.sampler is None or start is None:
+            return None
+        window = self.sampler.totals().since(start)
+        out = window.per_inference(inferences, idle_w=self.idle_w)
+        out["mean_w"] = window.mean_w
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.sampler is not None:
+            self.sampler.join(2.0)
+        if self.reader is not None:
+            self.reader.close()
+
+
 def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
               source: Optional[str] = None, as_json: bool = False) -> int:
     package = resolve_package(config, model)
     package.verify()
     backend, reasons = open_backend(package, backend_options(config))
+    probe = EnergyProbe(config)
     try:
         prep = Preprocessor(package.input)
         uri = source or config.source.uri
         tensors = _source_tensors(config, uri, prep)
+        mark = probe.mark()
         raw = measure_raw(backend, tensors, frames)
+        raw["energy"] = probe.energy(mark, frames)
+        mark = probe.mark()
         pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
+        pipeline["energy"] = probe.energy(mark, pipeline["frames"])
+        with_telemetry = measure_pipeline(config, backend, uri, 0.0, frames, telemetry=True)
         live = measure_pipeline(config, backend, "synthetic://", 30.0, min(frames, 150),
                                 width=1280, height=720)
     finally:
         backend.close()
+        probe.close()
     result = {
         "agent": __version__,
         "model": package.ref,
@@ -166,6 +216,10 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "pipeline": pipeline,
         "live": live,
         "ratio": round(pipeline["fps"] / raw["fps"], 3) if pipeline["fps"] else None,
+        "power_source": probe.source,
+        "pipeline_with_telemetry_fps": with_telemetry["fps"],
+        "telemetry_cost": round(1.0 - with_telemetry["fps"] / pipeline["fps"], 4)
+        if pipeline["fps"] and with_telemetry["fps"] else None,
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
     e2e = (live["stages_ms"].get("end_to_end") or {}).get("p50")
@@ -207,6 +261,18 @@ def print_table(r: Dict[str, Any], uri: str) -> None:
         print("  {:<32} {:>8}   {}".format(stage, "", _fmt(lv["stages_ms"][stage])))
     print("")
     print("pipeline fps / raw fps: {}".format(r["ratio"]))
+    print("pipeline with telemetry: {} fps (cost {:.1%})".format(
+        r["pipeline_with_telemetry_fps"], r["telemetry_cost"] or 0.0))
+    for name in ("raw", "pipeline"):
+        energy = r[name].get("energy")
+        if energy and energy.get("mj_per_inference") is not None:
+            print("energy, {}: {:.1f} mJ/inference, {:.2f} inferences/J, mean {:.2f} W "
+                  "(marginal over idle {} mJ/inference; source {})".format(
+                      name, energy["mj_per_inference"], energy["inferences_per_joule"],
+                      energy["mean_w"], energy.get("marginal_mj_per_inference"),
+                      r["power_source"]))
+    if r["power_source"] == "none":
+        print("energy: no readable power sensor here (telemetry.power: auto found none)")
     print("live capture-to-publish p50 - raw infer p50: {} ms".format(
         r["live_latency_over_raw_p50_ms"]))
     print("peak resident memory of this process: {} MB".format(r["max_rss_mb"]))
