@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__
@@ -97,6 +98,9 @@ class Agent(object):
         self.max_frames = max_frames
         self.duration = duration
         self.device_id = config.device.id or default_device_id()
+        # Identifies this process's messages: with `seq` a subscriber can tell what is missing.
+        self.boot = uuid.uuid4().hex[:12]
+        self.telemetry_seq = 0
         self.state_dir = config.resolve(config.device.state_dir)
         self.stop = threading.Event()
         self.stats = StageStats()
@@ -142,6 +146,7 @@ class Agent(object):
             "device": self.device_id,
             "model": model.describe() if model else None,
             "source": self.config.source.uri,
+            "boot": self.boot,
             "ts": round(time.time(), 3),
         }
         if self.problems:
@@ -328,8 +333,10 @@ class Agent(object):
             frame = self.slot.get(0.2)
             if frame is None:
                 if self.slot.ended:
-                    log.info("all frames processed")
-                    self.stop.set()
+                    if not self.stop.is_set():
+                        log.info("all frames processed")
+                        self.stop.set()
+                    break
                 continue
             model = self.model
             if model is None:
@@ -447,43 +454,55 @@ class Agent(object):
         return fields, now
 
     def _telemetry_loop(self) -> None:
+        """One message every interval; a last, partial one (`final`) when the agent stops."""
         interval = self.config.telemetry.interval_s
-        energy_start = self.sampler.totals() if self.sampler is not None else None
-        last = time.monotonic()
-        cpu_last = _cpu_seconds()
-        dropped_last = 0
+        self._energy_start = self.sampler.totals() if self.sampler is not None else None
+        self._tele_last = time.monotonic()
+        self._cpu_last = _cpu_seconds()
+        self._dropped_last = 0
         while not self.stop.wait(interval):
-            now = time.monotonic()
-            window = now - last
-            last = now
-            cpu_now = _cpu_seconds()
-            snap = self.stats.take()
-            frames = snap["frames"]
-            dropped = self.slot.dropped if self.slot else 0
-            message = {
-                "ts": round(time.time(), 3),
-                "window_s": round(window, 3),
-                "frames": frames,
-                "fps": round(frames / window, 2) if window > 0 else None,
-                "dropped": dropped - dropped_last,
-                "errors": snap["errors"],
-                "latency_ms": StageStats.summarize(snap["samples"]),
-                "cpu_percent": round(100.0 * (cpu_now - cpu_last) / window, 1)
-                if window > 0 else None,
-                "mem_mb": _rss_mb(),
-                "model": self.model.ref if self.model else None,
-            }
-            power, energy_start = self._power_fields(energy_start, frames)
-            message.update(power)
-            self.last_telemetry = message
-            dropped_last = dropped
-            cpu_last = cpu_now
-            self.link.publish("telemetry", message, kind="telemetry")
-            for listener in self.telemetry_listeners:
-                try:
-                    listener(message)
-                except Exception:
-                    log.exception("telemetry listener failed")
+            self.publish_telemetry()
+        self._publish_done.wait(10.0)  # so the last frames land in the final window
+        self.publish_telemetry(final=True)
+
+    def publish_telemetry(self, final: bool = False) -> Dict[str, Any]:
+        now = time.monotonic()
+        window = now - self._tele_last
+        self._tele_last = now
+        cpu_now = _cpu_seconds()
+        snap = self.stats.take()
+        frames = snap["frames"]
+        dropped = self.slot.dropped if self.slot else 0
+        self.telemetry_seq += 1
+        message = {
+            "ts": round(time.time(), 3),
+            "seq": self.telemetry_seq,
+            "boot": self.boot,
+            "window_s": round(window, 3),
+            "frames": frames,
+            "fps": round(frames / window, 2) if window > 0 else None,
+            "dropped": dropped - self._dropped_last,
+            "errors": snap["errors"],
+            "latency_ms": StageStats.summarize(snap["samples"]),
+            "cpu_percent": round(100.0 * (cpu_now - self._cpu_last) / window, 1)
+            if window > 0 else None,
+            "mem_mb": _rss_mb(),
+            "model": self.model.ref if self.model else None,
+        }  # type: Dict[str, Any]
+        if final:
+            message["final"] = True
+        power, self._energy_start = self._power_fields(self._energy_start, frames)
+        message.update(power)
+        self.last_telemetry = message
+        self._dropped_last = dropped
+        self._cpu_last = cpu_now
+        self.link.publish("telemetry", message, kind="telemetry")
+        for listener in self.telemetry_listeners:
+            try:
+                listener(message)
+            except Exception:
+                log.exception("telemetry listener failed")
+        return message
 
     # ---------------------------------------------------------------- commands
     def handle_command(self, command: str, payload: bytes, topic: str) -> None:
@@ -574,12 +593,13 @@ class Agent(object):
         live = self._probe_live()
         self.slot = FrameSlot(live=live)
         self._inference_done = threading.Event()
+        self._publish_done = threading.Event()
         self.set_state("serving")
         if self.notifier is not None:
             self.notifier.ready(self.status_line())
         self._spawn(self._capture_loop, "capture")
         inference = self._spawn(self._run_inference, "inference")
-        publisher = self._spawn(self._publish_loop, "publish")
+        publisher = self._spawn(self._run_publisher, "publish")
         if self.telemetry_enabled:
             self._spawn(self._telemetry_loop, "telemetry")
         deadline = time.monotonic() + self.duration if self.duration else None
@@ -636,6 +656,12 @@ class Agent(object):
         if self.notifier is not None:
             self.notifier.ready(self.status_line())
         return changed
+
+    def _run_publisher(self) -> None:
+        try:
+            self._publish_loop()
+        finally:
+            self._publish_done.set()
 
     def _run_inference(self) -> None:
         try:

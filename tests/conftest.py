@@ -65,7 +65,12 @@ class Broker(object):
         with open(conf, "w") as handle:
             if "listener" not in self.extra:
                 handle.write("listener {} 127.0.0.1\nallow_anonymous true\n".format(self.port))
-            handle.write("persistence false\n")
+            if os.geteuid() == 0:
+                # Started as root, mosquitto drops to its own user, which cannot reach pytest's
+                # private tmp dirs (persistence files, certificates): keep root for tests.
+                handle.write("user root\n")
+            if "persistence " not in self.extra:
+                handle.write("persistence false\n")
             handle.write(self.extra)
         self.log = open(os.path.join(self.tmpdir, "mosquitto-{}.log".format(self.port)), "ab")
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", conf], stdout=self.log,
