@@ -7,6 +7,7 @@ A new backend (model install, rollback) is prepared elsewhere and handed to the 
 thread with `swap_backend`; the inference thread swaps it in between two frames.
 """
 
+import collections
 import logging
 import os
 import queue
@@ -22,7 +23,7 @@ from . import __version__
 from .backends import open_backend
 from .backends.base import Backend, BackendOptions
 from .config import Config
-from .errors import AgentError, ModelError, SourceError
+from .errors import AgentError, BackendError, ModelError, SourceError
 from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
@@ -87,6 +88,48 @@ class ActiveModel(object):
         return self.backend.describe()
 
 
+class Probation(object):
+    """The first frames of a newly activated model: it fails on MAX_ERRORS failed frames
+    (load errors, NaN/Inf outputs) or when its median inference time exceeds the previous
+    model's by more than `max_latency_factor`."""
+
+    MAX_ERRORS = 3
+
+    def __init__(self, ref: str, previous: str, frames: int, baseline_ms: Optional[float],
+                 max_latency_factor: float) -> None:
+        self.ref = ref
+        self.previous = previous
+        self.frames = frames
+        self.baseline_ms = baseline_ms
+        self.factor = max_latency_factor
+        self.seen = 0
+        self.errors = 0
+        self.last_error = ""
+        self.latencies = []  # type: List[float]
+
+    def add(self, ok: bool, infer_ms: Optional[float], error: str = "") -> Optional[str]:
+        """None while undecided, 'passed', or the reason it failed."""
+        self.seen += 1
+        if not ok:
+            self.errors += 1
+            self.last_error = error
+            if self.errors >= self.MAX_ERRORS:
+                return "{} of its first {} frames failed (last: {})".format(
+                    self.errors, self.seen, error)
+        elif infer_ms is not None:
+            self.latencies.append(infer_ms)
+        if self.seen < self.frames:
+            return None
+        if self.baseline_ms and self.latencies:
+            values = sorted(self.latencies)
+            median = values[len(values) // 2]
+            if median > self.factor * self.baseline_ms:
+                return ("latency regression: median inference {:.1f} ms vs {:.1f} ms before "
+                        "(limit: {:g}x, updates.max_latency_factor)".format(
+                            median, self.baseline_ms, self.factor))
+        return "passed"
+
+
 class Agent(object):
     """The daemon. `run()` blocks until stopped and returns the exit code."""
 
@@ -119,6 +162,7 @@ class Agent(object):
         self.frames_done = 0
         self.heartbeat = 0
         self.seq = 0
+        self.capture_seq = 0
         self._pending_swap = None  # type: Optional[Tuple[ActiveModel, threading.Event, list]]
         self._swap_lock = threading.Lock()
         self._pub_queue = queue.Queue(maxsize=1024)  # type: queue.Queue
@@ -135,6 +179,11 @@ class Agent(object):
         self.power_reader = None  # type: Any
         self.idle_w = None  # type: Optional[float]
         self.last_telemetry = None  # type: Optional[Dict[str, Any]]
+        self.store = None  # type: Any
+        self.manager = None  # type: Any
+        self.last_image = None  # type: Any  # latest captured frame, for validation
+        self._probation = None  # type: Optional[Probation]
+        self._recent_infer = collections.deque(maxlen=50)  # type: Any
         self._reload_requested = threading.Event()
 
     # ---------------------------------------------------------------- status and events
@@ -195,30 +244,121 @@ class Agent(object):
             self.link.publish("events", event, kind="event", qos=1)
 
     # ---------------------------------------------------------------- model handling
-    def load_initial_model(self) -> Optional[ActiveModel]:
-        """The configured model on the best backend; None (degraded) when nothing loads."""
+    CONFIGURED_MARKER = "configured-model"
+
+    def _seed_store(self, errors: List[str]) -> None:
+        """Put the configured model in the store when the store is empty or config.model.name
+        changed since the last start; otherwise the store's active record wins (it holds what
+        operators installed over MQTT)."""
         name = self.config.model.name
-        candidates = []  # type: List[ModelPackage]
-        errors = []  # type: List[str]
+        marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
         try:
-            candidates.append(find_bundled_package(self.config, name))
+            with open(marker, "r") as handle:
+                last = handle.read().strip()
+        except OSError:
+            last = None
+        active = self.store.active_ref()
+        if active is not None and (last == name or active[0] == name):
+            return
+        try:
+            package = self.store.import_package(find_bundled_package(self.config, name).root)
+            self.store.activate(package.name, package.version)
+            from .models import write_atomic
+            write_atomic(marker, name.encode("utf-8"))
+            log.info("model store: %s is the configured model, now active", package.ref)
         except AgentError as exc:
             errors.append(str(exc))
-        for package in candidates:
+
+    def load_initial_model(self) -> Optional[ActiveModel]:
+        """The store's active model (else its previous one) on the best backend; None
+        (degraded) when nothing loads."""
+        errors = []  # type: List[str]
+        self._seed_store(errors)
+        candidates = []  # type: List[Tuple[str, Optional[ModelPackage]]]
+        for which, getter in (("active", self.store.active_package),
+                              ("previous", self.store.previous_package)):
             try:
-                package.verify()
-                backend, reasons = open_backend(package, backend_options(self.config),
-                                                progress=self._build_progress)
+                candidates.append((which, getter()))
+            except AgentError as exc:
+                errors.append("{} model: {}".format(which, exc))
+        for which, package in candidates:
+            if package is None:
+                continue
+            try:
+                backend = self.prepare_backend(package, self._build_progress)
             except AgentError as exc:
                 errors.append(str(exc))
                 continue
-            for reason in reasons:
-                log.warning("%s", reason)
+            if which == "previous":
+                reason = "; ".join(errors)
+                log.error("the active model failed (%s); rolled back to %s", reason, package.ref)
+                self.store.rollback()
+                self.emit_event({"command": "model/rollback", "request_id": None,
+                                 "state": "activated", "detail": "automatic at start: "
+                                 "serving {}".format(package.ref), "error": reason})
             return ActiveModel(backend, self.config)
+        if not errors:
+            errors.append("no model is installed; set model.name to a bundled model or send "
+                          "model/install")
         for error in errors:
             log.error("%s", error)
-        self.problems["model"] = errors[-1] if errors else "no model"
+        self.problems["model"] = errors[-1]
         return None
+
+    def prepare_backend(self, package: ModelPackage, progress: Any) -> Backend:
+        """Load `package` on the best backend and check it on real-looking frames before it
+        may serve (runs in the model manager's thread, or at start)."""
+        package.verify()
+        backend, reasons = open_backend(package, backend_options(self.config), progress=progress)
+        for reason in reasons:
+            log.warning("%s", reason)
+            progress("building", None, reason)
+        try:
+            progress("validating", None, "checking {} frames".format(
+                self.config.backend.validate.frames))
+            self._validate_backend(backend)
+        except Exception:
+            backend.close()
+            raise
+        return backend
+
+    def _validation_frames(self, count: int) -> List[Any]:
+        """The latest camera frame (when there is one) and generated frames."""
+        import numpy as np
+        frames = []
+        if self.last_image is not None:
+            frames.append(self.last_image)
+        rng = np.random.RandomState(7)
+        while len(frames) < count:
+            frames.append(rng.randint(0, 256, size=(240, 320, 3), dtype=np.uint8))
+        return frames[:count]
+
+    def _validate_backend(self, backend: Backend) -> None:
+        """Refuse a backend whose outputs are unusable: wrong size, NaN/Inf, or (TensorRT)
+        disagreeing with the ONNX Runtime reference beyond backend.validate bounds."""
+        count = max(1, self.config.backend.validate.frames)
+        package = backend.package
+        pre = None if backend.accepts_frames() else Preprocessor(package.input)
+        classifier = Classifier(package.labels, package.output.activation, package.output.name)
+        for image in self._validation_frames(count):
+            outputs = backend.infer_frame(image) if pre is None else backend.infer(pre(image))
+            scores = classifier.scores(outputs)  # raises on NaN/Inf or a missing output
+            if package.labels and scores.shape[0] != len(package.labels):
+                raise BackendError("model {}: gives {} scores but labels has {} classes; fix the "
+                                   "labels file or the model".format(
+                                       package.ref, scores.shape[0], len(package.labels)))
+        if backend.name == "tensorrt":
+            from .backends.onnxruntime import OnnxRuntimeBackend
+            from .validation import validate_against_reference
+            prep = Preprocessor(package.input)
+            tensors = [prep(image) for image in self._validation_frames(count)]
+            with OnnxRuntimeBackend(package, backend.options) as reference:
+                result = validate_against_reference(
+                    backend, reference, tensors,
+                    self.config.backend.validate.min_top1_agreement)
+            if not result.ok:
+                raise BackendError("model {}: the TensorRT engine disagrees with ONNX Runtime: "
+                                   "{}".format(package.ref, result.reason))
 
     def _build_progress(self, phase: str, fraction: Optional[float], detail: str) -> None:
         self.heartbeat += 1  # a build that reports progress is alive (systemd watchdog)
@@ -299,7 +439,6 @@ class Agent(object):
     def _capture_frames(self, source: Source) -> bool:
         """Read frames until stopped (False) or the stream ends (True)."""
         pacer = Pacer(source.fps if source.paced else 0.0, self.stop)
-        seq = 0
         while not self.stop.is_set():
             if not pacer.wait():
                 return False
@@ -309,8 +448,9 @@ class Agent(object):
             if image is None:
                 log.info("source %s: end of stream", source.describe())
                 return True
-            seq += 1
-            frame = Frame(image, seq, time.time(), t1, source.last_name)
+            self.capture_seq += 1  # across reconnects: gaps in frame_seq are lost frames
+            frame = Frame(image, self.capture_seq, time.time(), t1, source.last_name)
+            self.last_image = image
             frame.capture_ms = (t1 - t0) * 1000.0
             model = self.model
             if model is not None and model.preprocessor is not None:
@@ -360,10 +500,16 @@ class Agent(object):
                     log.error("inference failed on frame %s with %s: %s", frame.seq, model.ref,
                               exc)
                     errors_logged += 1
+                self._probation_result(False, None, str(exc))
                 continue
             t2 = time.monotonic()
+            infer_ms = (t1 - t0) * 1000.0
+            if self._probation is not None:
+                self._probation_result(True, infer_ms)
+            else:
+                self._recent_infer.append(infer_ms)
             timings = {"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
-                       "infer": (t1 - t0) * 1000.0, "postprocess": (t2 - t1) * 1000.0}
+                       "infer": infer_ms, "postprocess": (t2 - t1) * 1000.0}
             frame.tensor = None  # free it early; listeners get the image
             self._pub_queue.put((frame, top, model.ref, timings))
             self.frames_done += 1
@@ -388,7 +534,8 @@ class Agent(object):
             timings["end_to_end"] = latency
             self.stats.record(timings)
             payload = {"ts": round(time.time(), 3), "seq": self.seq,
-                       "frame_ts": round(frame.ts, 3), "model": ref, "top": top,
+                       "frame_seq": frame.seq, "frame_ts": round(frame.ts, 3), "model": ref,
+                       "top": top,
                        "latency_ms": round(latency, 2)}
             if frame.name:
                 payload["frame"] = frame.name
@@ -506,24 +653,50 @@ class Agent(object):
 
     # ---------------------------------------------------------------- commands
     def handle_command(self, command: str, payload: bytes, topic: str) -> None:
-        """Routes a command from MQTT (paho's thread): answer quickly, work elsewhere."""
-        import json
-        request_id = None
-        try:
-            body = json.loads(payload.decode("utf-8")) if payload.strip() else {}
-        except (UnicodeDecodeError, ValueError) as exc:
+        """Routes a command from MQTT (paho's thread) to the model manager, which answers
+        every command, malformed ones included, with at least one event."""
+        if self.manager is None:
             self.emit_event({"command": command, "request_id": None, "state": "rejected",
-                             "error": "payload is not valid JSON: {}".format(exc)})
+                             "error": "the agent is still starting; send it again"})
             return
-        if isinstance(body, dict):
-            rid = body.get("request_id")
-            request_id = rid if isinstance(rid, str) else None
-        if command == "ping":
-            self.emit_event({"command": "ping", "request_id": request_id, "state": "done",
-                             "detail": self.status_line()})
+        self.manager.submit_raw(command, payload)
+
+    def activate_backend(self, backend: Backend, package: ModelPackage) -> None:
+        """The model manager's hand-over: swap between frames, then watch it on probation."""
+        previous = self.model.ref if self.model is not None else None
+        baseline = self._infer_median()
+        self.swap_backend(backend)
+        frames = self.config.updates.probation_frames
+        if previous is not None and frames > 0:
+            self._probation = Probation(package.ref, previous, frames, baseline,
+                                        self.config.updates.max_latency_factor)
+
+    def _infer_median(self) -> Optional[float]:
+        values = sorted(self._recent_infer)
+        return values[len(values) // 2] if values else None
+
+    def _probation_result(self, ok: bool, infer_ms: Optional[float], error: str = "") -> None:
+        """Inference thread: feed the probation of a just-activated model; roll back on
+        failure."""
+        probation = self._probation
+        if probation is None or self.model is None or self.model.ref != probation.ref:
             return
-        self.emit_event({"command": command, "request_id": request_id, "state": "rejected",
-                         "error": "unknown command {!r}; known: ping".format(command)})
+        verdict = probation.add(ok, infer_ms, error)
+        if verdict is None:
+            return
+        self._probation = None
+        if verdict == "passed":
+            log.info("model %s passed probation (%d frames)", probation.ref, probation.frames)
+            return
+        log.error("model %s failed probation: %s; rolling back to %s", probation.ref, verdict,
+                  probation.previous)
+        from .commands import Command
+        rid = "auto-rollback-" + uuid.uuid4().hex[:8]
+        self.emit_event({"command": "model/rollback", "request_id": rid, "state": "accepted",
+                         "detail": "automatic: {} failed probation; returning to {}".format(
+                             probation.ref, probation.previous), "error": verdict})
+        if self.manager is not None:
+            self.manager.submit(Command("model/rollback", {}, rid))
 
     # ---------------------------------------------------------------- lifecycle
     def _start_link(self) -> None:
@@ -537,6 +710,14 @@ class Agent(object):
                              will_payload={"state": "offline", "device": self.device_id,
                                            "agent": __version__, "reason": "connection lost"})
         self.link.start()
+
+    def _start_models(self) -> None:
+        from .commands import ModelManager
+        from .models import ModelStore
+        self.store = ModelStore.from_updates(self.state_dir, self.config.updates)
+        self.manager = ModelManager(self.store, self.emit_event, self.prepare_backend,
+                                    self.activate_backend, self.stop,
+                                    updates_config=self.config.updates).start()
 
     def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=self._guard(target, name), name=name, daemon=True)
@@ -586,6 +767,7 @@ class Agent(object):
         if self._preloaded is not None:
             self.model = ActiveModel(self._preloaded, self.config)
         else:
+            self._start_models()
             self.model = self.load_initial_model()
         if self.model is not None:
             log.info("serving %s on %s (%s)", self.model.ref, self.model.backend.name,
@@ -682,6 +864,8 @@ class Agent(object):
         if self.notifier is not None:
             self.notifier.stopping("draining")
         inference.join(10.0)
+        if self.manager is not None:
+            self.manager.join(5.0)
         self._pub_queue.put(None)
         publisher.join(5.0)
         for thread in self._threads:

@@ -154,6 +154,12 @@ SCHEMA = {
         "max_download_mb": F("int", 512, minimum=1),
         "keep_versions": F("int", 3, minimum=2),
         "public_key_file": F("str", None, nullable=True),
+        "ca_file": F("str", None, nullable=True,
+                     doc="extra CA bundle for https model downloads (private CAs)"),
+        "probation_frames": F("int", 30, minimum=0, maximum=100000,
+                              doc="frames a new model is watched before it is trusted"),
+        "max_latency_factor": F("float", 3.0, minimum=1.0,
+                                doc="roll back when a new model is this much slower"),
     },
     "view": {
         "enabled": F("bool", False),
@@ -167,7 +173,7 @@ SCHEMA = {
 
 # Keys holding file paths: made absolute against the config file's directory.
 PATH_KEYS = ("device.state_dir", "mqtt.password_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file",
-             "mqtt.tls.key_file", "backend.calibration_dir", "updates.public_key_file")
+             "mqtt.tls.key_file", "backend.calibration_dir", "updates.public_key_file", "updates.ca_file")
 
 
 class Section(object):

@@ -153,10 +153,15 @@ class Recorder(object):
                         what, topics))
                 self.cond.wait(left)
 
+    def mark(self) -> int:
+        """A position in the message list, for `wait_topic(..., since=mark)`."""
+        with self.cond:
+            return len(self.messages)
+
     def wait_topic(self, suffix: str, predicate: Callable[[Any], bool], timeout: float,
-                   what: str) -> Any:
+                   what: str, since: int = 0) -> Any:
         def find(messages: List[Any]) -> Any:
-            for topic, payload, _ in messages:
+            for topic, payload, _ in messages[since:]:
                 if topic.endswith("/" + suffix) and predicate(payload):
                     return payload
             return None
