@@ -1,0 +1,135 @@
+"""TensorRT I/O adapters: how tensors are named, shaped, bound and executed.
+
+TensorRT 8.5 added the tensor API (`num_io_tensors`, `set_tensor_address`, `execute_async_v3`)
+and 10.0 removed the binding API (`num_bindings`, `execute_async_v2`). ONE predicate,
+`uses_tensor_api(engine)`, picks the adapter; the rest of the backend never asks which
+TensorRT it runs on. This module holds the tensor-API adapter, type-checked against the
+TensorRT 10 stubs (`tensorrt-stubs`); the binding-API adapter lives in `tensorrt.py`.
+"""
+
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+
+from ..errors import BackendError
+
+if TYPE_CHECKING:  # pragma: no cover - only for the type checker
+    import tensorrt as trt  # noqa: F401
+
+
+class TensorInfo(object):
+    """One engine input or output: name, direction, engine shape (-1 = dynamic), numpy dtype."""
+
+    def __init__(self, name: str, is_input: bool, shape: Tuple[int, ...], dtype: Any) -> None:
+        self.name = name
+        self.is_input = is_input
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def dynamic(self) -> bool:
+        return any(d < 0 for d in self.shape)
+
+    def __repr__(self) -> str:
+        return "TensorInfo({!r}, {}, {}, {})".format(
+            self.name, "input" if self.is_input else "output", self.shape, self.dtype)
+
+
+def uses_tensor_api(engine: Any) -> bool:
+    """THE predicate: the engine speaks the tensor API (TensorRT 8.5+)."""
+    return hasattr(engine, "num_io_tensors")
+
+
+def dims_tuple(dims: Any) -> Tuple[int, ...]:
+    """A TensorRT Dims (tuple-like) as a tuple of ints."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+class IOAdapter(object):
+    """The engine/context operations the backend needs, independent of the API generation."""
+
+    api = "none"
+
+    def tensors(self) -> List[TensorInfo]:
+        raise NotImplementedError
+
+    def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def context_shape(self, name: str) -> Tuple[int, ...]:
+        raise NotImplementedError
+
+    def bind(self, addresses: Dict[str, int]) -> None:
+        raise NotImplementedError
+
+    def execute(self, stream_handle: int) -> None:
+        raise NotImplementedError
+
+    def _unknown(self, name: str) -> BackendError:
+        names = [t.name for t in self.tensors()]
+        return BackendError("TensorRT engine has no tensor {!r} (its tensors: {})".format(
+            name, ", ".join(names)))
+
+
+class TensorApiIO(IOAdapter):
+    """TensorRT 8.5+ / 10.x: tensors by name, addresses set once, execute_async_v3."""
+
+    api = "tensor"
+
+    def __init__(self, trt_module: Any, engine: "trt.ICudaEngine",
+                 context: "trt.IExecutionContext") -> None:
+        self._trt = trt_module
+        self.engine = engine
+        self.context = context
+        self._input_mode = trt_module.TensorIOMode.INPUT
+        self._tensors = self._read_tensors()
+        self._shapes_set = set()  # type: set
+
+    def _read_tensors(self) -> List[TensorInfo]:
+        engine = self.engine
+        out = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            mode = engine.get_tensor_mode(name)
+            dtype = self._trt.nptype(engine.get_tensor_dtype(name))
+            out.append(TensorInfo(name, mode == self._input_mode,
+                                  dims_tuple(engine.get_tensor_shape(name)), dtype))
+        return out
+
+    def tensors(self) -> List[TensorInfo]:
+        return list(self._tensors)
+
+    def _info(self, name: str) -> TensorInfo:
+        for info in self._tensors:
+            if info.name == name:
+                return info
+        raise self._unknown(name)
+
+    def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
+        info = self._info(name)
+        if not info.is_input:
+            raise BackendError("TensorRT tensor {!r} is an output; only inputs take a "
+                               "shape".format(name))
+        if not self.context.set_input_shape(name, tuple(int(d) for d in shape)):
+            raise BackendError("TensorRT refused shape {} for input {!r} (engine shape {}); the "
+                               "batch must lie within the engine's optimization profile".format(
+                                   tuple(shape), name, info.shape))
+        self._shapes_set.add(name)
+
+    def context_shape(self, name: str) -> Tuple[int, ...]:
+        self._info(name)
+        return dims_tuple(self.context.get_tensor_shape(name))
+
+    def bind(self, addresses: Dict[str, int]) -> None:
+        for name, address in addresses.items():
+            self._info(name)
+            if not self.context.set_tensor_address(name, int(address)):
+                raise BackendError("TensorRT refused the device address of tensor {!r}".format(
+                    name))
+
+    def execute(self, stream_handle: int) -> None:
+        for info in self._tensors:
+            if info.is_input and info.dynamic and info.name not in self._shapes_set:
+                raise BackendError("input {!r} has dynamic shape {}; its shape must be set before "
+                                   "inference".format(info.name, info.shape))
+        if not self.context.execute_async_v3(int(stream_handle)):
+            raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log: a "
+                               "missing input shape or tensor address, or a CUDA error)")
