@@ -1,0 +1,334 @@
+"""TEST DOUBLE for pycuda (no GPU here): contexts, pinned/device memory, streams, copies.
+
+Follows docs/PLATFORM.md section 3 and pycuda's own behaviour (src/wrapper/wrap_cudadrv.cpp):
+`Device(n).retain_primary_context()`, `ctx.push()`, the static `Context.pop()` popping the
+calling thread's current context, `Context.get_current()` returning None when none is current,
+`pagelocked_empty` arrays whose `.base` has `free()`, `mem_alloc` buffers with `int()` and
+`free()`, `memcpy_htod_async/dtoh_async(dst, src, stream)`, `Stream().handle/synchronize()`.
+CUDA's rule that a context is current per THREAD is enforced: any memory operation without a
+current context raises LogicError("... invalid device context") as the real driver would.
+Device memory is host bytes addressed by fake pointers, so a TensorRT double can read and
+write it. Counters let tests check push/pop balance and frees-while-current.
+
+`pycuda.compiler.SourceModule` cannot compile CUDA C here: it raises CompileError unless a test
+registered a Python stand-in for the kernel in `KERNELS` (name -> callable(args, block, grid)).
+"""
+
+import itertools
+import sys
+import threading
+import types
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+
+class Error(Exception):
+    pass
+
+
+class LogicError(Error):
+    pass
+
+
+class CompileError(Error):
+    pass
+
+
+class Stats(object):
+    """What the double observed; reset by install()."""
+
+    def __init__(self) -> None:
+        self.init_calls = 0
+        self.retains = 0
+        self.pushes = 0
+        self.pops = 0
+        self.detaches = 0
+        self.allocs = 0
+        self.frees = 0
+        self.frees_without_context = 0
+        self.host_allocs = 0
+        self.host_frees = 0
+        self.copies = 0
+        self.launches = 0
+        self.push_threads = []  # type: List[int]
+
+
+STATS = Stats()
+KERNELS = {}  # type: Dict[str, Callable[..., None]]
+DEVICES = [{"name": "NVIDIA Tegra X1", "cc": (5, 3), "memory": 4 << 30}]
+
+_local = threading.local()
+_memory = {}  # type: Dict[int, bytearray]
+_lock = threading.Lock()
+_next_ptr = itertools.count(0x7F0000000000, 1 << 20)
+
+
+def _stack() -> List["Context"]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def _require_context(what: str) -> "Context":
+    stack = _stack()
+    if not stack:
+        raise LogicError("{} failed: invalid device context".format(what))
+    return stack[-1]
+
+
+def init(flags: int = 0) -> None:
+    STATS.init_calls += 1
+
+
+class Device(object):
+    def __init__(self, number: int) -> None:
+        if number >= len(DEVICES):
+            raise LogicError("cuDeviceGet failed: invalid device ordinal")
+        self.number = number
+
+    @staticmethod
+    def count() -> int:
+        return len(DEVICES)
+
+    def name(self) -> str:
+        return DEVICES[self.number]["name"]
+
+    def compute_capability(self):
+        return DEVICES[self.number]["cc"]
+
+    def total_memory(self) -> int:
+        return DEVICES[self.number]["memory"]
+
+    def retain_primary_context(self) -> "Context":
+        STATS.retains += 1
+        return Context(self)
+
+
+class Context(object):
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.detached = False
+
+    def push(self) -> None:
+        if self.detached:
+            raise LogicError("cuCtxPushCurrent failed: context was detached")
+        STATS.pushes += 1
+        STATS.push_threads.append(threading.get_ident())
+        _stack().append(self)
+
+    @staticmethod
+    def pop() -> None:
+        stack = _stack()
+        if not stack:
+            raise LogicError("cuCtxPopCurrent failed: invalid device context")
+        STATS.pops += 1
+        stack.pop()
+
+    def detach(self) -> None:
+        STATS.detaches += 1
+        self.detached = True
+
+    @staticmethod
+    def get_current() -> Optional["Context"]:
+        stack = _stack()
+        return stack[-1] if stack else None
+
+    @staticmethod
+    def synchronize() -> None:
+        _require_context("cuCtxSynchronize")
+
+
+class DeviceAllocation(object):
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        with _lock:
+            self.ptr = next(_next_ptr)
+            _memory[self.ptr] = bytearray(nbytes)
+        self.freed = False
+
+    def __int__(self) -> int:
+        return self.ptr
+
+    __index__ = __int__
+
+    def free(self) -> None:
+        if self.freed:
+            return
+        if Context.get_current() is None:
+            STATS.frees_without_context += 1
+        STATS.frees += 1
+        with _lock:
+            _memory.pop(self.ptr, None)
+        self.freed = True
+
+
+def mem_alloc(nbytes: int) -> DeviceAllocation:
+    _require_context("cuMemAlloc")
+    STATS.allocs += 1
+    return DeviceAllocation(int(nbytes))
+
+
+class HostAllocation(object):
+    """The `.base` of a pagelocked array (pycuda: pagelocked_host_allocation)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.buffer = bytearray(max(1, nbytes))
+        self.freed = False
+
+    def free(self) -> None:
+        if not self.freed:
+            if Context.get_current() is None:
+                STATS.frees_without_context += 1
+            STATS.host_frees += 1
+            self.freed = True
+
+
+def pagelocked_empty(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray:
+    _require_context("cuMemHostAlloc")
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod(shape)) if shape else 1
+    alloc = HostAllocation(count * dtype.itemsize)
+    STATS.host_allocs += 1
+    array = np.frombuffer(alloc.buffer, dtype=dtype, count=count).reshape(shape)
+    return _with_base(array, alloc)
+
+
+class _PinnedArray(np.ndarray):
+    """ndarray whose `.base` reports the HostAllocation (numpy's base is read-only)."""
+
+    _alloc = None  # type: Any
+
+    @property
+    def base(self) -> Any:  # type: ignore[override]
+        alloc = getattr(self, "_alloc", None)
+        return alloc if alloc is not None else np.ndarray.base.__get__(self)
+
+    def __array_finalize__(self, obj: Any) -> None:
+        # Views of a pinned array are still pinned memory but do not own it.
+        self._alloc = None
+
+
+def _with_base(array: np.ndarray, alloc: HostAllocation) -> np.ndarray:
+    pinned = array.view(_PinnedArray)
+    pinned._alloc = alloc
+    return pinned
+
+
+class Stream(object):
+    def __init__(self, flags: int = 0) -> None:
+        _require_context("cuStreamCreate")
+        self.handle = next(_next_ptr)
+
+    def synchronize(self) -> None:
+        _require_context("cuStreamSynchronize")
+
+
+def _find(ptr: int, nbytes: int) -> memoryview:
+    with _lock:
+        for base, data in _memory.items():
+            if base <= ptr and ptr + nbytes <= base + len(data):
+                return memoryview(data)[ptr - base:ptr - base + nbytes]
+    raise LogicError("invalid device pointer 0x{:x} (+{} bytes)".format(ptr, nbytes))
+
+
+def device_read(ptr: int, nbytes: int) -> bytes:
+    """Bytes at a device address (for the TensorRT double)."""
+    return bytes(_find(int(ptr), int(nbytes)))
+
+
+def device_write(ptr: int, data: bytes) -> None:
+    view = memoryview(data).cast("B")
+    _find(int(ptr), len(view))[:] = view
+
+
+def _host_bytes(array: Any) -> memoryview:
+    return memoryview(np.ascontiguousarray(array)).cast("B")
+
+
+def memcpy_htod_async(dest: Any, src: Any, stream: Any = None) -> None:
+    _require_context("cuMemcpyHtoDAsync")
+    STATS.copies += 1
+    data = _host_bytes(src)
+    device_write(int(dest), data)
+
+
+def memcpy_htod(dest: Any, src: Any) -> None:
+    memcpy_htod_async(dest, src)
+
+
+def memcpy_dtoh_async(dest: np.ndarray, src: Any, stream: Any = None) -> None:
+    _require_context("cuMemcpyDtoHAsync")
+    STATS.copies += 1
+    raw = device_read(int(src), dest.nbytes)
+    dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
+
+
+def memcpy_dtoh(dest: np.ndarray, src: Any) -> None:
+    memcpy_dtoh_async(dest, src)
+
+
+class Function(object):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.arg_types = None  # type: Optional[str]
+
+    def prepare(self, arg_types: str) -> "Function":
+        self.arg_types = arg_types
+        return self
+
+    def prepared_async_call(self, grid: Any, block: Any, stream: Any, *args: Any) -> None:
+        _require_context("cuLaunchKernel")
+        if self.arg_types is None or len(self.arg_types) != len(args):
+            raise LogicError("prepared_async_call: {} args for signature {!r}".format(
+                len(args), self.arg_types))
+        STATS.launches += 1
+        KERNELS[self.name](args, block, grid)
+
+
+class SourceModule(object):
+    def __init__(self, source: str, options: Any = None, no_extern_c: bool = False,
+                 **kwargs: Any) -> None:
+        _require_context("cuModuleLoadData")
+        self.names = [n for n in KERNELS if n in source]
+        if not self.names:
+            raise CompileError("nvcc compilation failed: this is the pycuda test double and no "
+                               "kernel stand-in is registered")
+
+    def get_function(self, name: str) -> Function:
+        if name not in self.names:
+            raise LogicError("cuModuleGetFunction failed: named symbol not found")
+        return Function(name)
+
+
+def install(devices: Optional[List[Dict[str, Any]]] = None) -> types.ModuleType:
+    """Put this double in sys.modules as `pycuda`, `pycuda.driver`, `pycuda.compiler`."""
+    global STATS
+    STATS = Stats()
+    KERNELS.clear()
+    _memory.clear()
+    _local.__dict__.clear()
+    DEVICES[:] = devices or [{"name": "NVIDIA Tegra X1", "cc": (5, 3), "memory": 4 << 30}]
+    this = sys.modules[__name__]
+    package = types.ModuleType("pycuda")
+    package.__path__ = []  # type: ignore[attr-defined]
+    package.VERSION_TEXT = "double"  # type: ignore[attr-defined]
+    compiler = types.ModuleType("pycuda.compiler")
+    compiler.SourceModule = SourceModule  # type: ignore[attr-defined]
+    package.driver = this  # type: ignore[attr-defined]
+    package.compiler = compiler  # type: ignore[attr-defined]
+    sys.modules["pycuda"] = package
+    sys.modules["pycuda.driver"] = this
+    sys.modules["pycuda.compiler"] = compiler
+    sys.modules.pop("pycuda.autoinit", None)
+    return this
+
+
+def stats() -> Stats:
+    return STATS
+
+
+def live_device_buffers() -> int:
+    return len(_memory)
