@@ -196,6 +196,7 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         mark = probe.mark()
         raw = measure_raw(backend, tensors, frames)
         raw["energy"] = probe.energy(mark, frames)
+        backend.release_thread()  # the pipeline's inference thread takes it over
         mark = probe.mark()
         pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
         pipeline["energy"] = probe.energy(mark, pipeline["frames"])

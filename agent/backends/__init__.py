@@ -22,10 +22,11 @@ Progress = Callable[[str, Optional[float], str], None]
 
 def tensorrt_available() -> bool:
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except Exception:
         return False
-    return True
+    # Type stubs (tensorrt-stubs) also import as `tensorrt`, but without a Builder.
+    return hasattr(tensorrt, "Builder")
 
 
 def _make(kind: str, package: ModelPackage, options: BackendOptions,

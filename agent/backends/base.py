@@ -19,7 +19,8 @@ class BackendOptions(object):
     def __init__(self, kind: str = "auto", precision: str = "fp16", workspace_mb: int = 256,
                  max_batch: int = 1, dla_core: Optional[int] = None,
                  calibration_dir: Optional[str] = None, preprocess: str = "auto",
-                 state_dir: str = "./var", threads: Optional[int] = None) -> None:
+                 state_dir: str = "./var", threads: Optional[int] = None,
+                 validate: Any = None) -> None:
         self.kind = kind
         self.precision = precision
         self.workspace_mb = workspace_mb
@@ -29,6 +30,7 @@ class BackendOptions(object):
         self.preprocess = preprocess
         self.state_dir = state_dir
         self.threads = threads
+        self.validate = validate  # backend.validate: {frames, min_top1_agreement}
 
     def copy(self, **changes: Any) -> "BackendOptions":
         values = dict(self.__dict__)
@@ -77,6 +79,13 @@ class Backend(object):
         info = self.package.describe()
         info.update({"backend": self.name, "precision": self.precision})
         return info
+
+    def release_thread(self) -> None:
+        """Hand the backend to another thread (call in the thread that used it last).
+
+        Backends with per-thread state (TensorRT's CUDA context) let it go here; the next
+        thread that calls infer() or close() takes it. A no-op for the others.
+        """
 
     # GPU preprocessing: a backend that can take the raw frame overrides these two.
     def accepts_frames(self) -> bool:
