@@ -219,7 +219,8 @@ class Agent(object):
             self.notifier.status(self.status_line())
 
     def problem(self, key: str, reason: Optional[str]) -> None:
-        """Record (reason) or clear (None) a reason for `degraded`; republish on change."""
+        """Record (reason) or clear (None) a reason for `degraded`; on a change republish the
+        status and say so on the events topic (command `health`)."""
         changed = False
         with self._state_lock:
             if reason is None:
@@ -229,6 +230,11 @@ class Agent(object):
                 changed = True
         if changed:
             self.set_state()
+            event = {"command": "health", "request_id": None, "detail": key,
+                     "state": "degraded" if reason else "recovered"}
+            if reason:
+                event["error"] = reason
+            self.emit_event(event)
 
     def status_line(self) -> str:
         model = self.model
