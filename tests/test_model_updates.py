@@ -266,3 +266,46 @@ def test_kill_9_during_install_restarts_serving_a_valid_model(broker, recorder, 
     print("kill -9 at {}: restarted serving version {}".format(kill_at, version))
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
+
+
+def test_kill_9_at_random_instants_during_installs(broker, recorder, run_agent, files):
+    """Repeated: install, kill -9 after a random delay, restart; the store must always be
+    valid and the agent always serving. Prints each trial's outcome."""
+    import random
+    import time
+    root, server = files
+    device = "random-kill"
+    rng = random.Random(int(os.environ.get("EDGE_AGENT_KILL_SEED", "20261125")))
+    trials = int(os.environ.get("EDGE_AGENT_KILL_TRIALS", "8"))
+    outcomes = []
+    agent = start_streaming(run_agent, recorder, device)
+    for trial in range(trials):
+        version = str(10 + trial)
+        rid = "rk-" + version
+        delay = rng.uniform(0.0, 1.5)
+        recorder.publish("edge/{}/cmd/model/install".format(device),
+                         install_payload(server, root, version, rid=rid))
+        threading.Event().wait(delay)  # the random instant (scenario, not synchronisation)
+        states = [e["state"] for e in events_of(recorder, device, rid)]
+        agent.kill()
+        since = recorder.mark()
+        t0 = time.monotonic()
+        agent = run_agent(device, "--set", "source.uri=file://models/samples", "--set",
+                          "source.fps=20")
+        status = recorder.wait_topic(device + "/status", lambda p: p.get("state") == "serving",
+                                     60, "serving after kill {}".format(trial), since=since)
+        recorder.wait_topic(device + "/predictions", lambda p: True, 30, "predictions",
+                            since=since)
+        outcomes.append((trial, round(delay, 2), states[-1] if states else "-",
+                         status["model"]["version"], round(time.monotonic() - t0, 1)))
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    store = __import__("agent.models", fromlist=["ModelStore"]).ModelStore(
+        str(root.parent / "state"))
+    active = store.active_package()
+    assert active is not None and active.verify() == active.sha256
+    assert not [n for n in os.listdir(store.root) if n.startswith(".tmp")]
+    print("kill -9 trials (trial, delay s, last event before the kill, version served after "
+          "restart, restart-to-serving s):")
+    for row in outcomes:
+        print("  {}".format(row))
