@@ -183,6 +183,7 @@ class Agent(object):
         self.store = None  # type: Any
         self.manager = None  # type: Any
         self.last_image = None  # type: Any  # latest captured frame, for validation
+        self.building = None  # type: Optional[str]  # model built in the background
         self._probation = None  # type: Optional[Probation]
         self._recent_infer = collections.deque(maxlen=50)  # type: Any
         self._reload_requested = threading.Event()
@@ -199,6 +200,8 @@ class Agent(object):
             "boot": self.boot,
             "ts": round(time.time(), 3),
         }
+        if self.building:
+            payload["building"] = self.building
         if self.problems:
             payload["detail"] = "; ".join("{}: {}".format(k, v)
                                           for k, v in sorted(self.problems.items()))
@@ -211,6 +214,8 @@ class Agent(object):
                 self._base_state = state
             base = getattr(self, "_base_state", self.state)
             new = "degraded" if self.problems and base == "serving" else base
+            if new == "serving" and self.building:
+                new = "building"
             self.state = new
             payload = self.status_payload()
         if self.link is not None:
@@ -316,7 +321,16 @@ class Agent(object):
         """Load `package` on the best backend and check it on real-looking frames before it
         may serve (runs in the model manager's thread, or at start)."""
         package.verify()
-        backend, reasons = open_backend(package, backend_options(self.config), progress=progress)
+        if self.model is not None:
+            self.building = package.ref  # status: building, while the old model serves
+            self.set_state()
+        try:
+            backend, reasons = open_backend(package, backend_options(self.config),
+                                            progress=progress)
+        finally:
+            if self.building is not None:
+                self.building = None
+                self.set_state()
         for reason in reasons:
             log.warning("%s", reason)
             progress("building", None, reason)

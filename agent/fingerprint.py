@@ -86,13 +86,44 @@ def fingerprint(root: str = "/") -> Dict[str, Any]:
         },
         "gpu": gpu_info() or None,
     }
-    cuda = _read(os.path.join(root, "usr/local/cuda/version.txt"))
-    if cuda:
-        info["versions"]["cuda"] = cuda.split()[-1]
-    nvp = _read(os.path.join(root, "etc/nvpmodel.conf"))
-    if nvp is not None:
-        info["nvpmodel_conf"] = True
+    info["versions"]["cuda"] = cuda_version(root)
+    info["nvpmodel"] = nvpmodel_mode(root)
     return info
+
+
+def cuda_version(root: str = "/") -> Optional[str]:
+    """CUDA toolkit version: version.json (CUDA 11+) or version.txt (CUDA 10, JetPack 4)."""
+    text = _read(os.path.join(root, "usr/local/cuda/version.json"))
+    if text:
+        try:
+            import json
+            return json.loads(text)["cuda"]["version"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    text = _read(os.path.join(root, "usr/local/cuda/version.txt"))
+    return text.split()[-1] if text else None
+
+
+def nvpmodel_mode(root: str = "/") -> Optional[Dict[str, Any]]:
+    """The Jetson power mode nvpmodel last set ("pmode:0000" in its status file), with its
+    name from /etc/nvpmodel.conf when both are readable."""
+    status = _read(os.path.join(root, "var/lib/nvpmodel/status"))
+    if not status or ":" not in status:
+        return None
+    try:
+        mode = int(status.split(":", 1)[1].strip())
+    except ValueError:
+        return None
+    out = {"id": mode}  # type: Dict[str, Any]
+    conf = _read(os.path.join(root, "etc/nvpmodel.conf")) or ""
+    for line in conf.splitlines():
+        line = line.strip()
+        # e.g. "< POWER_MODEL ID=0 NAME=MAXN >"
+        if line.startswith("< POWER_MODEL") and "ID={}".format(mode) in line.split():
+            for part in line.split():
+                if part.startswith("NAME="):
+                    out["name"] = part[5:]
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover
