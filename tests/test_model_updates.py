@@ -114,7 +114,7 @@ def test_install_over_http_swaps_without_losing_frames(broker, recorder, run_age
     first_v2 = recorder.wait_topic(device + "/predictions",
                                    lambda p: p["model"] == "efficientnet_lite0@2", 30,
                                    "a prediction from version 2")
-    building = recorder.wait_topic(device + "/status", lambda p: p.get("state") == "building",
+    building = recorder.wait_topic(device + "/status", lambda p: p.get("building"),
                                    10, "status `building` during the background build")
     assert building["building"] == "efficientnet_lite0@2"
     assert building["model"]["version"] == "1"  # still serving the old one meanwhile
