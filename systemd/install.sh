@@ -216,8 +216,15 @@ do_install() {
         echo "config $CONF_DIR/config.yaml exists; left as it is"
     else
         if [ -f "$CONFIG_SRC" ]; then
-            install -m 0640 "$CONFIG_SRC" "$CONF_DIR/config.yaml"
-            echo "config: copied $CONFIG_SRC to $CONF_DIR/config.yaml"
+            # Relative paths in a config are relative to its directory: the repository's
+            # default source (the sample photos) must stay reachable from /etc/edge-agent.
+            tmp="$(mktemp)"
+            sed "s|\"file://models/samples\"|\"file://$REPO_DIR/models/samples\"|" \
+                "$CONFIG_SRC" > "$tmp"
+            install -m 0640 "$tmp" "$CONF_DIR/config.yaml"
+            rm -f "$tmp"
+            echo "config: copied $CONFIG_SRC to $CONF_DIR/config.yaml; set source.uri there" \
+                 "(csi://0, v4l2:///dev/video0, rtsp://...) for a camera"
         else
             tmp="$(mktemp)"
             printf '%s\n' "# edge-agent configuration. Every key is optional; see config.yaml in the" \
