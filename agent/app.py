@@ -246,8 +246,18 @@ class Agent(object):
         if model is None:
             return "{}: no model".format(self.state)
         d = model.describe()
-        return "{} {} on {} {}".format(self.state, model.ref, d.get("backend"),
+        line = "{} {} on {} {}".format(self.state, model.ref, d.get("backend"),
                                        d.get("precision"))
+        tele = self.last_telemetry
+        if tele is not None:
+            line += ", {} fps".format(tele.get("fps"))
+            watts = (tele.get("power") or {}).get("total_w")
+            if watts is not None:
+                line += ", {:.1f} W".format(watts)
+            per_j = (tele.get("energy") or {}).get("inferences_per_joule")
+            if per_j is not None:
+                line += ", {:.1f} inferences/J".format(per_j)
+        return line
 
     def emit_event(self, event: Dict[str, Any]) -> None:
         event = dict(event)
@@ -279,6 +289,9 @@ class Agent(object):
             write_atomic(marker, name.encode("utf-8"))
             log.info("model store: %s is the configured model, now active", package.ref)
         except AgentError as exc:
+            if active is not None:
+                log.warning("model.name %r: %s; serving the store's active model %s@%s",
+                            name, exc, active[0], active[1])
             errors.append(str(exc))
 
     def load_initial_model(self) -> Optional[ActiveModel]:
@@ -655,6 +668,8 @@ class Agent(object):
         power, self._energy_start = self._power_fields(self._energy_start, frames)
         message.update(power)
         self.last_telemetry = message
+        if self.notifier is not None:
+            self.notifier.status(self.status_line())
         self._dropped_last = dropped
         self._cpu_last = cpu_now
         self.link.publish("telemetry", message, kind="telemetry")
