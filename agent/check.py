@@ -53,15 +53,20 @@ def check_modules(report: Report, config: Config) -> None:
                    "(python3-opencv from JetPack); elsewhere pip install "
                    "opencv-python-headless".format(err))
     else:
-        info = cv2.getBuildInformation()
-        gst = "GStreamer:" in info and "YES" in info.split("GStreamer:")[1].split("\n")[0]
+        from .cameras import NO_GSTREAMER_FIX, gstreamer_in_build, needs_gstreamer, redact_uri
+        gst = gstreamer_in_build(cv2.getBuildInformation())
         uri = config.source.uri
-        needs_gst = uri.startswith(("csi://", "rtsp://"))
-        report.add("opencv", OK, "{} (GStreamer: {})".format(cv2.__version__,
-                                                           "yes" if gst else "no"))
-        if needs_gst and not gst:
-            report.add("gstreamer", FAIL, "source {} needs OpenCV built with GStreamer; pip "
-                       "OpenCV wheels have none: use the system cv2 (JetPack)".format(uri))
+        report.add("opencv", OK, "{} at {} (GStreamer: {})".format(
+            cv2.__version__, os.path.dirname(getattr(cv2, "__file__", "?")),
+            "yes" if gst else "no"))
+        if needs_gstreamer(uri):
+            report.add("gstreamer", OK if gst else FAIL,
+                       "OpenCV has GStreamer, which source {} needs".format(redact_uri(uri))
+                       if gst else "source {} needs OpenCV built with GStreamer; {}".format(
+                           redact_uri(uri), NO_GSTREAMER_FIX))
+        elif uri.lower().startswith("v4l2:") and not gst:
+            report.add("gstreamer", WARN, "no GStreamer in OpenCV: {} is read through OpenCV's "
+                       "V4L2 backend instead of the v4l2src pipeline".format(uri))
     kind = config.backend.kind
     ort, err = _module("onnxruntime")
     report.add("onnxruntime", OK if ort else (FAIL if kind == "onnxruntime" else WARN),
@@ -117,24 +122,44 @@ def check_broker(report: Report, config: Config) -> None:
                        host, port, exc))
 
 
-def check_source(report: Report, config: Config) -> None:
+SOURCE_TIMEOUT_S = 30.0  # camera sources give up on their own sooner (open 20 s, stall 5 s)
+
+
+def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT_S) -> None:
+    """Open the configured source and read one frame, in a thread, so a missing or hung camera
+    makes this check fail after `timeout` instead of hanging `check`."""
+    import threading
+    from .cameras import redact_uri
     from .sources import make_source
     cfg = config.source
-    try:
-        source = make_source(cfg.uri, config.base_dir, width=cfg.width, height=cfg.height,
-                             fps=cfg.fps, loop=cfg.loop, flip=cfg.flip)
-        source.open()
+    shown = redact_uri(cfg.uri)
+    outcome = []  # type: List[Tuple[str, str]]
+
+    def probe() -> None:
         try:
-            image = source.read()
-        finally:
-            source.close()
-        if image is None:
-            report.add("source", FAIL, "{} opened but gave no frame".format(cfg.uri))
-        else:
-            report.add("source", OK, "{} gives {}x{} frames".format(
-                cfg.uri, image.shape[1], image.shape[0]))
-    except Exception as exc:
-        report.add("source", FAIL, str(exc))
+            source = make_source(cfg.uri, config.base_dir, width=cfg.width, height=cfg.height,
+                                 fps=cfg.fps, loop=cfg.loop, flip=cfg.flip)
+            source.open()
+            try:
+                image = source.read()
+            finally:
+                source.close()
+            if image is None:
+                outcome.append((FAIL, "{} opened but gave no frame".format(shown)))
+            else:
+                outcome.append((OK, "{} gives {}x{} frames".format(
+                    shown, image.shape[1], image.shape[0])))
+        except Exception as exc:
+            outcome.append((FAIL, str(exc)))
+
+    thread = threading.Thread(target=probe, name="check-source", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive() or not outcome:
+        report.add("source", FAIL, "{} gave no frame within {:.0f} s (camera missing, busy or "
+                   "stalled?)".format(shown, timeout))
+        return
+    report.add("source", outcome[0][0], outcome[0][1])
 
 
 def check_model(report: Report, config: Config) -> None:

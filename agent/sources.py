@@ -341,3 +341,6 @@ class FrameSlot(object):
     def ended(self) -> bool:
         with self._cond:
             return self._ended and self._frame is None
+
+
+from . import cameras  # noqa: E402,F401  (registers csi://, v4l2://, rtsp://, gst://)
