@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
+from .demo import build_demo_parser, cmd_demo
 from .errors import AgentError
 
 DESCRIPTION = """\
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON payload, e.g. '{\"name\": \"m\", \"version\": \"2\"}'")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the final event (default 30)")
+    build_demo_parser(sub)
+    from .cli_models import add_parsers
+    add_parsers(sub, _add_config_args)
     return parser
 
 
@@ -132,7 +136,24 @@ def cmd_send(args: argparse.Namespace) -> int:
                         payload_text=args.payload, wait_s=args.wait)
 
 
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "check": cmd_check, "send": cmd_send}
+def cmd_models(args: argparse.Namespace) -> int:
+    from .cli_models import cmd_models as run_models
+    return run_models(args, _load_config(args))
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .cli_models import cmd_build as run_build
+    return run_build(args)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .cli_models import cmd_profile as run_profile
+    return run_profile(args, _load_config(args))
+
+
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "check": cmd_check, "send": cmd_send,
+            "models": cmd_models, "build": cmd_build, "profile": cmd_profile}
+COMMANDS["demo"] = cmd_demo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
