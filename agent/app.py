@@ -27,6 +27,7 @@ from .errors import AgentError, BackendError, ModelError, SourceError
 from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
+from .cameras import redact_uri
 from .sources import Frame, FrameSlot, Pacer, Source, make_source
 from .telemetry import StageStats
 
@@ -196,7 +197,7 @@ class Agent(object):
             "agent": __version__,
             "device": self.device_id,
             "model": model.describe() if model else None,
-            "source": self.config.source.uri,
+            "source": redact_uri(self.config.source.uri),
             "boot": self.boot,
             "ts": round(time.time(), 3),
         }
@@ -778,6 +779,9 @@ class Agent(object):
         from .fingerprint import fingerprint
         if self.link is None:
             self._start_link()
+        if self.config.view.enabled:
+            from .view import attach_view
+            attach_view(self)
         try:
             import cv2
             cv2.setNumThreads(1)  # the backend owns the cores; OpenCV threads only compete
