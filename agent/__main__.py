@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=300, metavar="N",
                    help="frames per measurement (default 300)")
     p.add_argument("--source", metavar="URI", help="pipeline source (default: source.uri)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="alternate raw and pipeline R times and report medians (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("check", help="environment doctor: what this machine has and lacks",
@@ -119,7 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = _load_config(args)
     _setup_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
     return run_bench(config, model=args.model, frames=args.frames, source=args.source,
-                     as_json=args.json)
+                     as_json=args.json, rounds=max(1, args.rounds))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -183,8 +183,20 @@ class EnergyProbe(object):
             self.reader.close()
 
 
+def _median(values: List[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The run whose fps is the median of the rounds (its latencies come with it)."""
+    ordered = sorted(runs, key=lambda r: r["fps"] or 0.0)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
-              source: Optional[str] = None, as_json: bool = False) -> int:
+              source: Optional[str] = None, as_json: bool = False, rounds: int = 3) -> int:
     package = resolve_package(config, model)
     package.verify()
     backend, reasons = open_backend(package, backend_options(config))
@@ -193,14 +205,27 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         prep = Preprocessor(package.input)
         uri = source or config.source.uri
         tensors = _source_tensors(config, uri, prep)
-        mark = probe.mark()
-        raw = measure_raw(backend, tensors, frames)
-        raw["energy"] = probe.energy(mark, frames)
-        backend.release_thread()  # the pipeline's inference thread takes it over
-        mark = probe.mark()
-        pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
-        pipeline["energy"] = probe.energy(mark, pipeline["frames"])
-        with_telemetry = measure_pipeline(config, backend, uri, 0.0, frames, telemetry=True)
+        # Raw and pipeline alternate for `rounds` rounds and the medians are reported: on a
+        # shared 2-core machine one measurement can be 30 % off the next.
+        raws = []  # type: List[Dict[str, Any]]
+        pipelines = []  # type: List[Dict[str, Any]]
+        telemetries = []  # type: List[Dict[str, Any]]
+        for _ in range(rounds):
+            mark = probe.mark()
+            raw = measure_raw(backend, tensors, frames)
+            raw["energy"] = probe.energy(mark, frames)
+            raws.append(raw)
+            backend.release_thread()  # the pipeline's inference thread takes it over
+            mark = probe.mark()
+            pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
+            pipeline["energy"] = probe.energy(mark, pipeline["frames"])
+            pipelines.append(pipeline)
+            telemetries.append(measure_pipeline(config, backend, uri, 0.0, frames,
+                                                telemetry=True))
+        ratios = [p["fps"] / r["fps"] for r, p in zip(raws, pipelines) if p["fps"]]
+        raw = _median_run(raws)
+        pipeline = _median_run(pipelines)
+        with_telemetry = _median_run(telemetries)
         live = measure_pipeline(config, backend, "synthetic://", 30.0, min(frames, 150),
                                 width=1280, height=720)
     finally:
@@ -216,10 +241,16 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "raw": raw,
         "pipeline": pipeline,
         "live": live,
-        "ratio": round(pipeline["fps"] / raw["fps"], 3) if pipeline["fps"] else None,
+        "rounds": rounds,
+        "ratio": round(_median(ratios), 3) if ratios else None,
+        "ratios": [round(r, 3) for r in ratios],
+        "raw_fps_rounds": [r["fps"] for r in raws],
+        "pipeline_fps_rounds": [p["fps"] for p in pipelines],
         "power_source": probe.source,
         "pipeline_with_telemetry_fps": with_telemetry["fps"],
-        "telemetry_cost": round(1.0 - with_telemetry["fps"] / pipeline["fps"], 4)
+        "telemetry_cost": round(1.0 - _median([t["fps"] / p["fps"] for t, p in
+                                               zip(telemetries, pipelines)
+                                               if t["fps"] and p["fps"]]), 4)
         if pipeline["fps"] and with_telemetry["fps"] else None,
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
@@ -261,7 +292,9 @@ def print_table(r: Dict[str, Any], uri: str) -> None:
     for stage in ("preprocess", "infer"):
         print("  {:<32} {:>8}   {}".format(stage, "", _fmt(lv["stages_ms"][stage])))
     print("")
-    print("pipeline fps / raw fps: {}".format(r["ratio"]))
+    print("pipeline fps / raw fps: {} (median of {} rounds: {}; raw fps {}, pipeline fps {})"
+          .format(r["ratio"], r["rounds"], r["ratios"], r["raw_fps_rounds"],
+                  r["pipeline_fps_rounds"]))
     print("pipeline with telemetry: {} fps (cost {:.1%})".format(
         r["pipeline_with_telemetry_fps"], r["telemetry_cost"] or 0.0))
     for name in ("raw", "pipeline"):
