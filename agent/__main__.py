@@ -1,7 +1,6 @@
 """edge-agent command line. `edge-agent COMMAND --help` explains each command."""
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 

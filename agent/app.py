@@ -349,14 +349,17 @@ class Agent(object):
             log.warning("%s", reason)
             progress("building", None, reason)
         try:
-            progress("validating", None, "checking {} frames".format(
-                self.config.backend.validate.frames))
+            progress("validating", None, "checking the outputs on {} frames".format(
+                self.sanity_frames()))
             self._validate_backend(backend)
         except Exception:
             backend.close()
             raise
         backend.release_thread()  # the inference thread takes it over (CUDA context)
         return backend
+
+    def sanity_frames(self) -> int:
+        return max(1, min(4, self.config.backend.validate.frames))
 
     def _validation_frames(self, count: int) -> List[Any]:
         """The latest camera frame (when there is one) and generated frames."""
@@ -374,7 +377,7 @@ class Agent(object):
         backend has already compared a fresh engine with ONNX Runtime when it built it.)"""
         # A sanity check (the TensorRT backend compares fresh engines with ONNX Runtime on
         # backend.validate.frames itself): a few frames, so a swap steals little CPU.
-        count = max(1, min(4, self.config.backend.validate.frames))
+        count = self.sanity_frames()
         package = backend.package
         pre = None if backend.accepts_frames() else Preprocessor(package.input)
         classifier = Classifier(package.labels, package.output.activation, package.output.name)

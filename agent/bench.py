@@ -17,7 +17,6 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 
 from . import __version__
 from .app import Agent, backend_options, find_bundled_package
@@ -26,7 +25,7 @@ from .config import Config, load_config
 from .package import ModelPackage
 from .preprocess import Preprocessor
 from .sources import make_source
-from .telemetry import StageStats, percentiles
+from .telemetry import percentiles
 
 
 class LocalSink(object):

@@ -11,7 +11,6 @@ downgraded to http when http is not allowed.
 """
 
 import base64
-import errno
 import hashlib
 import os
 import socket
@@ -24,6 +23,7 @@ import urllib.request
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from . import __version__
+from .atomicfile import fsync_dir, write_all
 from .errors import AgentError
 
 SCHEMES = ("https", "http", "file")
@@ -289,7 +289,7 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
                                         "size says arrived; fix size or the published "
                                         "file".format(shown, size))
                 digest.update(block)
-                _write_all(fd, block)
+                write_all(fd, block)
                 reporter.update(done)
         finally:
             stream.close()
@@ -340,24 +340,3 @@ def _read(stream: Any, shown: str, done: int, total: Optional[int], timeout: flo
                             "install".format(shown, done, exc))
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename or unlink in `path` durable (POSIX needs the directory fsynced too)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some filesystems (and Windows) refuse fsync on a directory; anything else is real.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)

@@ -47,7 +47,9 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .download import check_sha256, fetch, fsync_dir, redact_url
+from . import atomicfile
+from .atomicfile import fsync_dir
+from .download import check_sha256, fetch, redact_url
 from .errors import ModelError
 from .package import MANIFEST_NAME, ModelPackage, _safe_component
 
@@ -331,54 +333,11 @@ def check_onnx(package: ModelPackage) -> None:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Write a file so a crash leaves either the old or the new content, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, path)
-        fsync_dir(directory)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomicfile.write_atomic(path, data, TMP_PREFIX)
 
 
 def _copy_atomic(src: str, dst: str) -> None:
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        with open(src, "rb") as source:
-            while True:
-                block = source.read(1 << 20)
-                if not block:
-                    break
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, dst)
-        fsync_dir(directory)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomicfile.copy_atomic(src, dst, TMP_PREFIX)
 
 
 def _setting(config: Any, key: str, default: Any) -> Any:

@@ -4,7 +4,6 @@ for it until the command is done."""
 import json
 import sys
 import threading
-import time
 import uuid
 from typing import Any, Dict, List, Optional
 

@@ -3,8 +3,6 @@
 import os
 import signal
 
-import pytest
-
 from conftest import SAMPLES
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

@@ -2,11 +2,10 @@
 traceback. Runs the real CLI as a subprocess."""
 
 import os
-import signal
 
 import pytest
 
-from conftest import ROOT, AgentProcess, agent_args, free_port
+from conftest import ROOT, AgentProcess, agent_args
 
 
 def run_cli(*args, **kw):

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import MODEL_DIR, ROOT
+from conftest import MODEL_DIR
 
 MANIFEST = {"task": "classification", "file": "model.onnx", "labels": "labels.txt",
             "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW",

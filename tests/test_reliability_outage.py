@@ -12,9 +12,7 @@ import os
 import signal
 import threading
 
-import pytest
-
-from conftest import ROOT, AgentProcess, Broker, agent_args
+from conftest import AgentProcess, Broker, agent_args
 
 OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "30"))
 

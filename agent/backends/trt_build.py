@@ -11,13 +11,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..atomicfile import write_atomic
 from ..errors import BackendError
 from ..package import InputSpec
 
@@ -92,41 +92,10 @@ def make_logger(trt: Any) -> Any:
 # Atomic files
 # ---------------------------------------------------------------------------------------------
 def atomic_write(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder: fsync, rename, fsync folder.
-
-    A crash or error leaves either the old file or the new one, never a partial file.
-    """
+    """Write `data` to `path` so a crash leaves the old file or the new one, never a part."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            view = memoryview(data)
-            handle.write(view)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, data, prefix="." + os.path.basename(path) + ".")
 
 
 def _sha256_bytes(data: bytes) -> str:
