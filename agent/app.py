@@ -186,6 +186,7 @@ class Agent(object):
         self.last_image = None  # type: Any  # latest captured frame, for validation
         self.building = None  # type: Optional[str]  # model built in the background
         self._probation = None  # type: Optional[Probation]
+        self._probation_lock = threading.Lock()
         self._recent_infer = collections.deque(maxlen=50)  # type: Any
         self._reload_requested = threading.Event()
 
@@ -497,6 +498,9 @@ class Agent(object):
         return False
 
     def _inference_loop(self) -> None:
+        """Feeds the backend and nothing else: postprocessing and publishing happen in the
+        publish thread, so the accelerator (or the CPU cores ONNX Runtime uses) waits for
+        Python as little as possible."""
         errors_logged = 0
         while not self.stop.is_set():
             self._take_swap()
@@ -523,32 +527,25 @@ class Agent(object):
                         frame.preprocess_ms += (time.monotonic() - t0) * 1000.0
                         t0 = time.monotonic()
                     outputs = model.backend.infer(tensor)
-                t1 = time.monotonic()
-                top = model.classifier(outputs)
             except Exception as exc:  # a failing model must not stop the loop
                 self.stats.record_error()
                 if errors_logged < 5:
                     log.error("inference failed on frame %s with %s: %s", frame.seq, model.ref,
                               exc)
                     errors_logged += 1
-                self._probation_result(False, None, str(exc))
+                self._probation_result(model, False, None, str(exc))
                 continue
-            t2 = time.monotonic()
-            infer_ms = (t1 - t0) * 1000.0
-            if self._probation is not None:
-                self._probation_result(True, infer_ms)
-            else:
-                self._recent_infer.append(infer_ms)
-            timings = {"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
-                       "infer": infer_ms, "postprocess": (t2 - t1) * 1000.0}
+            infer_ms = (time.monotonic() - t0) * 1000.0
             frame.tensor = None  # free it early; listeners get the image
-            self._pub_queue.put((frame, top, model.ref, timings))
+            self._pub_queue.put((frame, outputs, model, infer_ms))
             self.frames_done += 1
             if self.max_frames is not None and self.frames_done >= self.max_frames:
                 log.info("processed %d frames (--max-frames)", self.frames_done)
                 self.stop.set()
 
     def _publish_loop(self) -> None:
+        """Postprocess (top-k), feed the probation of a new model, serialize and spool."""
+        errors_logged = 0
         while True:
             try:
                 item = self._pub_queue.get(timeout=0.5)
@@ -558,16 +555,27 @@ class Agent(object):
                 continue
             if item is None:
                 return
-            frame, top, ref, timings = item
+            frame, outputs, model, infer_ms = item
+            t1 = time.monotonic()
+            try:
+                top = model.classifier(outputs)
+            except Exception as exc:  # NaN/Inf outputs, a missing output
+                self.stats.record_error()
+                if errors_logged < 5:
+                    log.error("frame %s with %s: %s", frame.seq, model.ref, exc)
+                    errors_logged += 1
+                self._probation_result(model, False, None, str(exc))
+                continue
+            self._probation_result(model, True, infer_ms)
             self.seq += 1
             now = time.monotonic()
             latency = (now - frame.t_capture) * 1000.0
-            timings["end_to_end"] = latency
-            self.stats.record(timings)
+            self.stats.record({"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
+                               "infer": infer_ms, "postprocess": (now - t1) * 1000.0,
+                               "end_to_end": latency})
             payload = {"ts": round(time.time(), 3), "seq": self.seq,
-                       "frame_seq": frame.seq, "frame_ts": round(frame.ts, 3), "model": ref,
-                       "top": top,
-                       "latency_ms": round(latency, 2)}
+                       "frame_seq": frame.seq, "frame_ts": round(frame.ts, 3),
+                       "model": model.ref, "top": top, "latency_ms": round(latency, 2)}
             if frame.name:
                 payload["frame"] = frame.name
             rate = self.config.predictions.max_rate_hz
@@ -701,23 +709,28 @@ class Agent(object):
         self.swap_backend(backend)
         frames = self.config.updates.probation_frames
         if previous is not None and frames > 0:
-            self._probation = Probation(package.ref, previous, frames, baseline,
-                                        self.config.updates.max_latency_factor)
+            with self._probation_lock:
+                self._probation = Probation(package.ref, previous, frames, baseline,
+                                            self.config.updates.max_latency_factor)
 
     def _infer_median(self) -> Optional[float]:
         values = sorted(self._recent_infer)
         return values[len(values) // 2] if values else None
 
-    def _probation_result(self, ok: bool, infer_ms: Optional[float], error: str = "") -> None:
-        """Inference thread: feed the probation of a just-activated model; roll back on
-        failure."""
-        probation = self._probation
-        if probation is None or self.model is None or self.model.ref != probation.ref:
-            return
-        verdict = probation.add(ok, infer_ms, error)
-        if verdict is None:
-            return
-        self._probation = None
+    def _probation_result(self, model: ActiveModel, ok: bool, infer_ms: Optional[float],
+                          error: str = "") -> None:
+        """Publish thread (or inference thread on an error): feed the probation of a
+        just-activated model, or the latency baseline of a trusted one; roll back on failure."""
+        with self._probation_lock:
+            probation = self._probation
+            if probation is None or model.ref != probation.ref:
+                if ok and infer_ms is not None:
+                    self._recent_infer.append(infer_ms)
+                return
+            verdict = probation.add(ok, infer_ms, error)
+            if verdict is None:
+                return
+            self._probation = None
         if verdict == "passed":
             log.info("model %s passed probation (%d frames)", probation.ref, probation.frames)
             return
