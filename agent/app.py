@@ -454,13 +454,17 @@ class Agent(object):
                 continue
             self.source = source
             self.problem("source", None)
-            backoff = 1.0
+            first = self.capture_seq
             try:
                 ended = self._capture_frames(source)
             except SourceError as exc:
                 self.problem("source", str(exc))
-                log.error("%s (reconnecting)", exc)
                 ended = False
+                # A source that opens but fails at once must not be reopened in a tight loop.
+                backoff = 1.0 if self.capture_seq - first >= 30 else min(backoff * 2, 30.0)
+                log.error("%s (reconnecting in %.0f s)", exc, backoff)
+                if self.stop.wait(backoff):
+                    break  # `finally` closes the source
             finally:
                 source.close()
             if ended:
@@ -705,13 +709,19 @@ class Agent(object):
     def activate_backend(self, backend: Backend, package: ModelPackage) -> None:
         """The model manager's hand-over: swap between frames, then watch it on probation."""
         previous = self.model.ref if self.model is not None else None
-        baseline = self._infer_median()
-        self.swap_backend(backend)
         frames = self.config.updates.probation_frames
         if previous is not None and frames > 0:
+            # Armed before the swap so the new model's very first frames count.
             with self._probation_lock:
-                self._probation = Probation(package.ref, previous, frames, baseline,
+                self._probation = Probation(package.ref, previous, frames,
+                                            self._infer_median(),
                                             self.config.updates.max_latency_factor)
+        try:
+            self.swap_backend(backend)
+        except Exception:
+            with self._probation_lock:
+                self._probation = None
+            raise
 
     def _infer_median(self) -> Optional[float]:
         values = sorted(self._recent_infer)
