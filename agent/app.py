@@ -47,7 +47,10 @@ def backend_options(config: Config) -> BackendOptions:
                           if b.calibration_dir else None,
                           preprocess=b.preprocess,
                           state_dir=config.resolve(config.device.state_dir), threads=b.threads,
-                          validate=b.validate)
+                          validate=b.validate,
+                          # paced sources (cameras, source.fps > 0) want latency; unpaced
+                          # file runs want throughput (see OnnxRuntimeBackend)
+                          spin=config.source.fps > 0)
 
 
 def bundled_model_dirs(config: Config) -> List[str]:

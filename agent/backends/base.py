@@ -20,7 +20,7 @@ class BackendOptions(object):
                  max_batch: int = 1, dla_core: Optional[int] = None,
                  calibration_dir: Optional[str] = None, preprocess: str = "auto",
                  state_dir: str = "./var", threads: Optional[int] = None,
-                 validate: Any = None) -> None:
+                 validate: Any = None, spin: bool = True) -> None:
         self.kind = kind
         self.precision = precision
         self.workspace_mb = workspace_mb
@@ -31,6 +31,9 @@ class BackendOptions(object):
         self.state_dir = state_dir
         self.threads = threads
         self.validate = validate  # backend.validate: {frames, min_top1_agreement}
+        # CPU backends: worker threads spin between inferences (low latency when frames come
+        # at a camera's pace) or sleep (more CPU for the other threads when saturated).
+        self.spin = spin
 
     def copy(self, **changes: Any) -> "BackendOptions":
         values = dict(self.__dict__)

@@ -27,15 +27,17 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.options.threads:
             opts.intra_op_num_threads = int(self.options.threads)
-        # Idle ORT worker threads spin by default, burning CPU that the capture and publish
-        # threads need on a 2-core board, and power on a battery or solar device; let them
-        # sleep instead. (On this project's 2-core test VM the effect on fps was within the
-        # run-to-run noise of `edge-agent bench`.)
-        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-            try:
-                opts.add_session_config_entry(key, "0")
-            except Exception:  # very old ONNX Runtime without session config entries
-                pass
+        if not self.options.spin:
+            # Saturated (unpaced) runs: idle workers sleep instead of spinning, leaving the
+            # cores to the capture and publish threads. Paced sources keep ORT's spinning:
+            # waking sleeping workers for every frame added 3-6 ms to the latency at 30 fps on
+            # 2 cores, while spinning cost up to a quarter of the unpaced throughput
+            # (`edge-agent bench`, see README "Measuring").
+            for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+                try:
+                    opts.add_session_config_entry(key, "0")
+                except Exception:  # very old ONNX Runtime without session config entries
+                    pass
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in available] or available
