@@ -47,10 +47,7 @@ def backend_options(config: Config) -> BackendOptions:
                           if b.calibration_dir else None,
                           preprocess=b.preprocess,
                           state_dir=config.resolve(config.device.state_dir), threads=b.threads,
-                          validate=b.validate,
-                          # paced sources (cameras, source.fps > 0) want latency; unpaced
-                          # file runs want throughput (see OnnxRuntimeBackend)
-                          spin=config.source.fps > 0)
+                          validate=b.validate, spin=b.spin)
 
 
 def bundled_model_dirs(config: Config) -> List[str]:

@@ -245,15 +245,17 @@ def test_frame_slot_file_mode_hands_over_every_frame():
     assert got == list(range(50)) and slot.dropped == 0
 
 
-def test_paced_sources_get_spinning_backend_threads_unpaced_do_not():
+def test_backend_spin_is_off_unless_asked():
     from agent.app import backend_options
     from agent.backends.onnxruntime import OnnxRuntimeBackend
-    assert backend_options(load_config(None, ["source.fps=30"])).spin is True
-    unpaced = backend_options(load_config(None, ["source.fps=0"]))
-    assert unpaced.spin is False
-    backend = OnnxRuntimeBackend(ModelPackage.load(MODEL_DIR), unpaced).load()
-    try:
-        out = backend.infer(np.zeros((1, 3, 224, 224), np.float32))
-        assert out["logits"].shape == (1, 1000)
-    finally:
-        backend.close()
+    assert backend_options(load_config(None)).spin is False
+    assert backend_options(load_config(None, ["backend.spin=true"])).spin is True
+    for spin in (False, True):
+        backend = OnnxRuntimeBackend(ModelPackage.load(MODEL_DIR),
+                                     backend_options(load_config(None, [
+                                         "backend.spin={}".format(str(spin).lower())]))).load()
+        try:
+            out = backend.infer(np.zeros((1, 3, 224, 224), np.float32))
+            assert out["logits"].shape == (1, 1000)
+        finally:
+            backend.close()

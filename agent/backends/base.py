@@ -20,7 +20,7 @@ class BackendOptions(object):
                  max_batch: int = 1, dla_core: Optional[int] = None,
                  calibration_dir: Optional[str] = None, preprocess: str = "auto",
                  state_dir: str = "./var", threads: Optional[int] = None,
-                 validate: Any = None, spin: bool = True) -> None:
+                 validate: Any = None, spin: bool = False) -> None:
         self.kind = kind
         self.precision = precision
         self.workspace_mb = workspace_mb
@@ -31,8 +31,8 @@ class BackendOptions(object):
         self.state_dir = state_dir
         self.threads = threads
         self.validate = validate  # backend.validate: {frames, min_top1_agreement}
-        # CPU backends: worker threads spin between inferences (low latency when frames come
-        # at a camera's pace) or sleep (more CPU for the other threads when saturated).
+        # CPU backends: worker threads busy-wait between inferences (a little less latency)
+        # or sleep (far less CPU and power; more CPU for the other threads when saturated).
         self.spin = spin
 
     def copy(self, **changes: Any) -> "BackendOptions":
