@@ -15,7 +15,6 @@ import hashlib
 import os
 import socket
 import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +22,7 @@ import urllib.request
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from . import __version__
-from .atomicfile import fsync_dir, write_all
+from .atomicfile import atomic_file, write_all
 from .errors import AgentError
 
 SCHEMES = ("https", "http", "file")
@@ -250,73 +249,59 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
         stream, total = _open_file(url, shown)
     else:
         stream, total = _open_http(url, shown, stall_timeout_s, ca_file, allowed)
-    dest_dir = os.path.dirname(os.path.abspath(dest_path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest_dir)
-    except OSError:
-        stream.close()
-        raise
     done = 0
     try:
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp makes 0600; the package is readable like any other
-            if total is not None and total > max_bytes:
-                raise DownloadTooLarge("download {}: the server announces {} bytes, over the "
-                                       "limit of {} bytes; raise updates.max_download_mb or "
-                                       "ship a smaller model".format(shown, total, max_bytes))
-            if total is not None and size is not None and total != size:
-                raise DownloadError("download {}: the server announces {} bytes but the "
-                                    "command says size {}; fix size or the published "
-                                    "file".format(shown, total, size))
-            expected_total = total if total is not None else size
-            reporter = _Progress(progress, expected_total)
-            reporter.update(0)
-            digest = hashlib.sha256()
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled("download {}: cancelled after {} bytes".format(
-                        shown, done))
-                block = _read(stream, shown, done, expected_total, stall_timeout_s)
-                if not block:
-                    break
-                done += len(block)
-                if done > max_bytes:
-                    raise DownloadTooLarge("download {}: more than {} bytes arrived, over the "
-                                           "limit; raise updates.max_download_mb or ship a "
-                                           "smaller model".format(shown, max_bytes))
-                if size is not None and done > size:
-                    raise DownloadError("download {}: more than the {} bytes the command's "
-                                        "size says arrived; fix size or the published "
-                                        "file".format(shown, size))
-                digest.update(block)
-                write_all(fd, block)
-                reporter.update(done)
-        finally:
-            stream.close()
-        if expected_total is not None and done < expected_total:
-            raise DownloadTruncated("download {}: truncated: {} of {} bytes arrived; the "
-                                    "connection was cut, retry the install".format(
-                                        shown, done, expected_total))
-        actual = digest.hexdigest()
-        if expected_sha256 is not None and actual != expected_sha256:
-            raise ChecksumMismatch("download {}: sha256 is {} but {} was expected; the "
-                                   "published file is not the one announced (fix the sha256 or "
-                                   "the file)".format(shown, actual, expected_sha256))
-        reporter.update(done, final=True)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, dest_path)
-        fsync_dir(dest_dir)
-        return actual, done
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        with atomic_file(dest_path, prefix=".part-") as fd:
+            try:
+                if total is not None and total > max_bytes:
+                    raise DownloadTooLarge("download {}: the server announces {} bytes, over "
+                                           "the limit of {} bytes; raise "
+                                           "updates.max_download_mb or ship a smaller "
+                                           "model".format(shown, total, max_bytes))
+                if total is not None and size is not None and total != size:
+                    raise DownloadError("download {}: the server announces {} bytes but the "
+                                        "command says size {}; fix size or the published "
+                                        "file".format(shown, total, size))
+                expected_total = total if total is not None else size
+                reporter = _Progress(progress, expected_total)
+                reporter.update(0)
+                digest = hashlib.sha256()
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCancelled("download {}: cancelled after {} bytes".format(
+                            shown, done))
+                    block = _read(stream, shown, done, expected_total, stall_timeout_s)
+                    if not block:
+                        break
+                    done += len(block)
+                    if done > max_bytes:
+                        raise DownloadTooLarge("download {}: more than {} bytes arrived, over "
+                                               "the limit; raise updates.max_download_mb or "
+                                               "ship a smaller model".format(shown, max_bytes))
+                    if size is not None and done > size:
+                        raise DownloadError("download {}: more than the {} bytes the "
+                                            "command's size says arrived; fix size or the "
+                                            "published file".format(shown, size))
+                    digest.update(block)
+                    write_all(fd, block)
+                    reporter.update(done)
+            finally:
+                stream.close()
+            if expected_total is not None and done < expected_total:
+                raise DownloadTruncated("download {}: truncated: {} of {} bytes arrived; the "
+                                        "connection was cut, retry the install".format(
+                                            shown, done, expected_total))
+            actual = digest.hexdigest()
+            if expected_sha256 is not None and actual != expected_sha256:
+                raise ChecksumMismatch("download {}: sha256 is {} but {} was expected; the "
+                                       "published file is not the one announced (fix the "
+                                       "sha256 or the file)".format(shown, actual,
+                                                                   expected_sha256))
+            reporter.update(done, final=True)
+    except OSError:
+        stream.close()  # the temp file could not be made: do not leave the connection open
         raise
+    return actual, done
 
 
 def _read(stream: Any, shown: str, done: int, total: Optional[int], timeout: float) -> bytes:
