@@ -197,7 +197,13 @@ class MqttLink(object):
                     return
                 room = self.INFLIGHT_WINDOW - len(self._inflight)
                 after = self._sent_up_to
-            batch = self.spool.pending(room, after_id=after)
+            try:
+                batch = self.spool.pending(room, after_id=after)
+            except sqlite3.Error as exc:  # disk trouble: retry, never let the sender die
+                log.error("spool %s unreadable (%s); retrying", getattr(self.spool, "path", "?"),
+                          exc)
+                self._stop.wait(1.0)
+                continue
             if not batch:
                 with self._cond:
                     if self._sent_up_to == after and not self._stop.is_set():
@@ -217,7 +223,11 @@ class MqttLink(object):
                     self._sent_up_to = msg.id
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
-                        self.spool.ack(msg.id)
+                        try:
+                            self.spool.ack(msg.id)
+                        except sqlite3.Error as exc:
+                            log.error("spool: cannot mark message %s delivered: %s", msg.id,
+                                      exc)
                     else:
                         self._inflight[info.mid] = msg.id
 
@@ -269,7 +279,10 @@ class MqttLink(object):
             if row is None:
                 self._early_acks.add(mid)
             else:
-                self.spool.ack(row)
+                try:
+                    self.spool.ack(row)
+                except sqlite3.Error as exc:  # sent twice after a restart at worst (QoS 1)
+                    log.error("spool: cannot mark message %s delivered: %s", row, exc)
             self._cond.notify_all()
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
