@@ -223,11 +223,7 @@ class MqttLink(object):
                     self._sent_up_to = msg.id
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
-                        try:
-                            self.spool.ack(msg.id)
-                        except sqlite3.Error as exc:
-                            log.error("spool: cannot mark message %s delivered: %s", msg.id,
-                                      exc)
+                        self._ack(msg.id)
                     else:
                         self._inflight[info.mid] = msg.id
 
@@ -279,11 +275,14 @@ class MqttLink(object):
             if row is None:
                 self._early_acks.add(mid)
             else:
-                try:
-                    self.spool.ack(row)
-                except sqlite3.Error as exc:  # sent twice after a restart at worst (QoS 1)
-                    log.error("spool: cannot mark message %s delivered: %s", row, exc)
+                self._ack(row)
             self._cond.notify_all()
+
+    def _ack(self, row: int) -> None:
+        try:
+            self.spool.ack(row)
+        except sqlite3.Error as exc:  # at worst it is sent again after a restart (QoS 1)
+            log.error("spool: cannot mark message %s delivered: %s", row, exc)
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic = message.topic
