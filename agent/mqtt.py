@@ -35,6 +35,41 @@ def topic_for(prefix: str, device_id: str, suffix: str) -> str:
     return "{}/{}/{}".format(prefix, device_id, suffix)
 
 
+def make_client(cfg: Any, client_id: str) -> Any:
+    """A paho client (1.6 or 2.x API) with the `mqtt` config's credentials and TLS applied;
+    the agent's link and the operator's `send` both start from it."""
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        from .errors import AgentError
+        raise AgentError("paho-mqtt is not installed: pip install 'paho-mqtt>=1.6,<3' "
+                         "(1.6.x on Python 3.6)")
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=True)
+    else:
+        client = mqtt.Client(client_id=client_id, clean_session=True)
+    if cfg.username:
+        client.username_pw_set(cfg.username, read_password(cfg.password_file))
+    if cfg.tls.enabled:
+        import ssl
+        client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file,
+                       keyfile=cfg.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
+def read_password(path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    from .errors import ConfigError
+    try:
+        with open(path, "r") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise ConfigError("config: mqtt.password_file: cannot read {}: {}".format(
+            path, exc.strerror or exc))
+
+
 class MqttLink(object):
     """One broker connection for one device."""
 
@@ -77,22 +112,15 @@ class MqttLink(object):
 
     # ---- client setup ----
     def _make_client(self) -> Any:
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError:
-            from .errors import AgentError
-            raise AgentError("paho-mqtt is not installed: pip install 'paho-mqtt>=1.6,<3' "
-                             "(1.6.x on Python 3.6)")
+        client = make_client(self.cfg, self.cfg.client_id or
+                             "edge-agent-{}".format(self.device_id))
+        import paho.mqtt.client as mqtt
         self._mqtt = mqtt
-        client_id = self.cfg.client_id or "edge-agent-{}".format(self.device_id)
         if hasattr(mqtt, "CallbackAPIVersion"):
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                 clean_session=True)
             client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
             client.on_publish = lambda c, u, mid, rc=None, props=None: self._handle_puback(mid)
         else:
-            client = mqtt.Client(client_id=client_id, clean_session=True)
             client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, rc: self._handle_disconnect(rc)
             client.on_publish = lambda c, u, mid: self._handle_puback(mid)
@@ -102,26 +130,7 @@ class MqttLink(object):
         client.max_queued_messages_set(0)
         will = dict(self._will_payload)
         client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self._read_password())
-        tls = self.cfg.tls
-        if tls.enabled:
-            import ssl
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
         return client
-
-    def _read_password(self) -> Optional[str]:
-        path = self.cfg.password_file
-        if not path:
-            return None
-        from .errors import ConfigError
-        try:
-            with open(path, "r") as handle:
-                return handle.read().strip()
-        except OSError as exc:
-            raise ConfigError("config: mqtt.password_file: cannot read {}: {}".format(
-                path, exc.strerror or exc))
 
     # ---- lifecycle ----
     def start(self) -> None:

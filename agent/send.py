@@ -34,21 +34,8 @@ def send_command(config: Config, command: str, device: Optional[str] = None,
         cmd_topic = "{}/groups/{}/cmd/{}".format(prefix, group, command)
         events_topic = "{}/+/events".format(prefix)
 
-    import paho.mqtt.client as mqtt
-    if hasattr(mqtt, "CallbackAPIVersion"):
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id="edge-agent-send-" + request_id)
-    else:
-        client = mqtt.Client(client_id="edge-agent-send-" + request_id)
-    if config.mqtt.username:
-        password = None
-        if config.mqtt.password_file:
-            with open(config.mqtt.password_file) as handle:
-                password = handle.read().strip()
-        client.username_pw_set(config.mqtt.username, password)
-    if config.mqtt.tls.enabled:
-        client.tls_set(ca_certs=config.mqtt.tls.ca_file, certfile=config.mqtt.tls.cert_file,
-                       keyfile=config.mqtt.tls.key_file)
+    from .mqtt import make_client
+    client = make_client(config.mqtt, "edge-agent-send-" + request_id)
     done = threading.Event()
     subscribed = threading.Event()
     outcomes = []  # type: List[str]
