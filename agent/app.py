@@ -28,7 +28,7 @@ from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
 from .cameras import redact_uri
-from .sources import Frame, FrameSlot, Pacer, Source, make_source
+from .sources import Frame, FrameSlot, Pacer, Source, source_from_config
 from .telemetry import StageStats
 
 log = logging.getLogger("edge-agent")
@@ -438,12 +438,9 @@ class Agent(object):
     # ---------------------------------------------------------------- threads
     def _capture_loop(self) -> None:
         backoff = 1.0
-        cfg = self.config.source
         while not self.stop.is_set():
             try:
-                source = make_source(cfg.uri, self.config.base_dir, width=cfg.width,
-                                     height=cfg.height, fps=cfg.fps, loop=cfg.loop,
-                                     flip=cfg.flip)
+                source = source_from_config(self.config.source, self.config.base_dir)
                 source.open()
             except SourceError as exc:
                 self.problem("source", str(exc))
@@ -913,10 +910,8 @@ class Agent(object):
             self._inference_done.set()
 
     def _probe_live(self) -> bool:
-        cfg = self.config.source
         try:
-            return make_source(cfg.uri, self.config.base_dir, width=cfg.width, height=cfg.height,
-                               fps=cfg.fps, loop=cfg.loop, flip=cfg.flip).live
+            return source_from_config(self.config.source, self.config.base_dir).live
         except SourceError:
             return True
 

@@ -24,7 +24,7 @@ from .backends import open_backend
 from .config import Config, load_config
 from .package import ModelPackage
 from .preprocess import Preprocessor
-from .sources import make_source
+from .sources import source_from_config
 from .telemetry import percentiles
 
 
@@ -56,9 +56,7 @@ def resolve_package(config: Config, model: Optional[str]) -> ModelPackage:
 
 
 def _source_tensors(config: Config, uri: str, prep: Preprocessor, count: int = 16) -> List[Any]:
-    cfg = config.source
-    source = make_source(uri, config.base_dir, width=cfg.width, height=cfg.height, fps=0.0,
-                         loop=True, flip=cfg.flip)
+    source = source_from_config(config.source, config.base_dir, uri=uri, fps=0.0, loop=True)
     source.open()
     try:
         tensors = []

@@ -130,15 +130,14 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
     makes this check fail after `timeout` instead of hanging `check`."""
     import threading
     from .cameras import redact_uri
-    from .sources import make_source
+    from .sources import source_from_config
     cfg = config.source
     shown = redact_uri(cfg.uri)
     outcome = []  # type: List[Tuple[str, str]]
 
     def probe() -> None:
         try:
-            source = make_source(cfg.uri, config.base_dir, width=cfg.width, height=cfg.height,
-                                 fps=cfg.fps, loop=cfg.loop, flip=cfg.flip)
+            source = source_from_config(cfg, config.base_dir)
             source.open()
             try:
                 image = source.read()

@@ -293,6 +293,16 @@ def make_source(uri: str, base_dir: str = ".", width: int = 1280, height: int = 
                    flip=flip)
 
 
+def source_from_config(section: Any, base_dir: str, **changes: Any) -> Source:
+    """The source the config's `source` section describes (not yet opened); `changes`
+    override its keys (uri, fps, loop, ...)."""
+    keys = {"uri": section.uri, "width": section.width, "height": section.height,
+            "fps": section.fps, "loop": section.loop, "flip": section.flip}
+    keys.update(changes)
+    uri = keys.pop("uri")
+    return make_source(uri, base_dir, **keys)
+
+
 class FrameSlot(object):
     """Hands frames from the capture thread to the inference thread.
 
