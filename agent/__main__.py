@@ -1,6 +1,7 @@
 """edge-agent command line. `edge-agent COMMAND --help` explains each command."""
 
 import argparse
+import logging
 import sys
 from typing import List, Optional
 
@@ -109,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .systemd import Notifier
     config = _load_config(args)
     _setup_logging(config.logging.level)
+    logging.getLogger("edge-agent").debug("config (secrets hidden): %s", config.redacted())
     agent = Agent(config, max_frames=args.max_frames, duration=args.duration,
                   notifier=Notifier(), overrides=args.overrides)
     agent.install_signal_handlers()

@@ -254,13 +254,6 @@ def _walk(schema: Dict[str, Any], prefix: str = "") -> List[Any]:
     return out
 
 
-def defaults() -> Dict[str, Any]:
-    def build(schema: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: build(v) if isinstance(v, dict) else copy.deepcopy(v.default)
-                for k, v in schema.items()}
-    return build(SCHEMA)
-
-
 def _validate(schema: Dict[str, Any], data: Any, prefix: str) -> Dict[str, Any]:
     if data is None:
         data = {}
@@ -381,9 +374,6 @@ def _cross_checks(config: Config) -> None:
     if (tls.cert_file is None) != (tls.key_file is None):
         raise ConfigError("config: mqtt.tls: cert_file and key_file go together (client "
                           "certificate authentication needs both)")
-    if config.backend.precision == "int8" and config.backend.calibration_dir is None:
-        # Allowed: TensorRT falls back to fp16 with a message; noted here for clarity only.
-        pass
     prefix = config.mqtt.prefix
     if any(c in prefix for c in "#+") or prefix.startswith("/") or prefix.endswith("/"):
         raise ConfigError("config: mqtt.prefix: {!r} may not contain '#' or '+' or start/end "

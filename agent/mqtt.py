@@ -95,7 +95,6 @@ class MqttLink(object):
         self._resync = False
         self._stop = threading.Event()
         self._sender = None  # type: Optional[threading.Thread]
-        self._connect_events = 0
         self._client = self._make_client()
 
     # ---- topics ----
@@ -258,7 +257,6 @@ class MqttLink(object):
         with self._cond:
             self.connected = True
             self.last_error = None
-            self._connect_events += 1
             self._cond.notify_all()
         log.info("MQTT connected to %s:%s as %s", self.cfg.host, self.cfg.port, self.device_id)
         for pattern in self.command_topics():

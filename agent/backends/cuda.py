@@ -66,10 +66,6 @@ class CudaContext(object):
         self._owned = []  # type: List[Tuple[str, Callable[[], None]]]
 
     # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def is_open(self) -> bool:
-        return self._pushed
-
     def open(self) -> "CudaContext":
         """cuda.init(), retain device N's primary context and push it in THIS thread."""
         if self._pushed:
@@ -226,11 +222,6 @@ class CudaContext(object):
         holder = [module]
         self.own("CUDA module", holder.clear)
         return module
-
-
-def current_context_is_none(driver: Any) -> bool:
-    """True when no CUDA context is current in the calling thread."""
-    return driver.Context.get_current() is None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,14 +54,6 @@ def trt_version(trt: Any) -> str:
     return str(getattr(trt, "__version__", "unknown"))
 
 
-def trt_major_minor(trt: Any) -> Tuple[int, int]:
-    parts = (trt_version(trt).split(".") + ["0", "0"])[:2]
-    try:
-        return int(parts[0]), int(parts[1])
-    except ValueError:
-        return 0, 0
-
-
 def make_logger(trt: Any) -> Any:
     """A trt.ILogger that forwards to Python logging and remembers recent errors."""
 
@@ -264,13 +256,6 @@ class EngineCache(object):
                 return json.load(handle)
         except (OSError, ValueError):
             return {}
-
-    def update_meta(self, key: str, **facts: Any) -> None:
-        meta = self.read_meta(key)
-        if meta:
-            meta.update(facts)
-            atomic_write(self.paths(key)[1],
-                         (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------
