@@ -8,11 +8,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def version() -> str:
-    with open(os.path.join(HERE, "agent", "__init__.py")) as handle:
+    with open(os.path.join(HERE, "agent", "__init__.py"), encoding="utf-8") as handle:
         for line in handle:
             if line.startswith("__version__"):
                 return line.split("=")[1].strip().strip('"')
     raise RuntimeError("no __version__ in agent/__init__.py")
+
+
+def readme() -> str:
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    # UTF-8 whatever the locale: under LANG=C, Python 3.6 would decode with ASCII and fail.
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def model_files():
@@ -29,8 +38,7 @@ setup(
     name="edge-agent",
     version=version(),
     description="Managed inference daemon for NVIDIA Jetson: TensorRT engines, MQTT, telemetry",
-    long_description=open(os.path.join(HERE, "README.md")).read()
-    if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description=readme(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["agent", "agent.*"]),

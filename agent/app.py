@@ -277,7 +277,7 @@ class Agent(object):
         name = self.config.model.name
         marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
         try:
-            with open(marker, "r") as handle:
+            with open(marker, "r", encoding="utf-8") as handle:
                 last = handle.read().strip()
         except OSError:
             last = None
@@ -969,7 +969,7 @@ def _cpu_seconds() -> float:
 
 def _rss_mb() -> Optional[float]:
     try:
-        with open("/proc/self/statm", "r") as handle:
+        with open("/proc/self/statm", "r", encoding="utf-8") as handle:
             pages = int(handle.read().split()[1])
         return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0), 1)
     except (OSError, ValueError, IndexError):

@@ -176,7 +176,7 @@ def check_state_dir(report: Report, config: Config) -> None:
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as handle:
+        with open(probe, "w", encoding="utf-8") as handle:
             handle.write("ok")
         os.unlink(probe)
         report.add("state_dir", OK, "{} is writable".format(path))

@@ -99,7 +99,7 @@ def cmd_models(args: argparse.Namespace, config: Config, out: Any = None) -> int
                 raise AgentError("models install URL needs --{} (or give a package "
                                  "directory)".format(", --".join(missing)))
             import yaml
-            with open(args.manifest) as handle:
+            with open(args.manifest, encoding="utf-8") as handle:
                 manifest = yaml.safe_load(handle)
 
             def progress(phase: str, fraction: Any, detail: str) -> None:

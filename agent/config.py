@@ -335,7 +335,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
                 raise ConfigError("config file {} does not exist; pass -c with the path of your "
                                   "config.yaml (the repository has a documented one)".format(path))
             try:
-                with open(path, "r") as handle:
+                with open(path, "r", encoding="utf-8") as handle:
                     data = yaml.safe_load(handle)
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)

@@ -543,7 +543,7 @@ class ModelStore(object):
     def _meta(self, name: str, version: str) -> Dict[str, Any]:
         path = os.path.join(self.root, name, version, META_NAME)
         try:
-            with open(path, "r") as handle:
+            with open(path, "r", encoding="utf-8") as handle:
                 meta = json.load(handle)
             if isinstance(meta, dict):
                 return meta

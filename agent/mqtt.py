@@ -63,7 +63,7 @@ def read_password(path: Optional[str]) -> Optional[str]:
         return None
     from .errors import ConfigError
     try:
-        with open(path, "r") as handle:
+        with open(path, "r", encoding="utf-8") as handle:
             return handle.read().strip()
     except OSError as exc:
         raise ConfigError("config: mqtt.password_file: cannot read {}: {}".format(

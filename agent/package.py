@@ -139,7 +139,7 @@ class ModelPackage(object):
             raise ModelError("model package {}: no {} there; a package is a directory with "
                              "model.yaml, the .onnx file and labels".format(root, MANIFEST_NAME))
         try:
-            with open(path, "r") as handle:
+            with open(path, "r", encoding="utf-8") as handle:
                 raw = yaml.safe_load(handle)
         except (OSError, yaml.YAMLError) as exc:
             raise ModelError("model package {}: cannot read {}: {}".format(root, path, exc))

@@ -50,7 +50,7 @@ def _under(root: str, relative: str) -> str:
 
 def _read_text(path: str) -> str:
     """A sysfs attribute's text; device-tree files end with NUL, which is dropped."""
-    with open(path, "r") as handle:
+    with open(path, "r", encoding="utf-8") as handle:
         return handle.read().replace("\x00", "").strip()
 
 

@@ -185,7 +185,7 @@ class EngineCache(object):
         if not os.path.isfile(meta_path):
             return CacheLookup(key, engine_path, None, self._explain_miss(fingerprint))
         try:
-            with open(meta_path, "r") as handle:
+            with open(meta_path, "r", encoding="utf-8") as handle:
                 meta = json.load(handle)
             recorded = meta["fingerprint"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -218,7 +218,7 @@ class EngineCache(object):
             if not name.endswith(".json"):
                 continue
             try:
-                with open(os.path.join(self.folder, name), "r") as handle:
+                with open(os.path.join(self.folder, name), "r", encoding="utf-8") as handle:
                     recorded = json.load(handle)["fingerprint"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -252,7 +252,7 @@ class EngineCache(object):
 
     def read_meta(self, key: str) -> Dict[str, Any]:
         try:
-            with open(self.paths(key)[1], "r") as handle:
+            with open(self.paths(key)[1], "r", encoding="utf-8") as handle:
                 return json.load(handle)
         except (OSError, ValueError):
             return {}
