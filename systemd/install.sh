@@ -10,17 +10,20 @@
 #   systemd/install.sh --root /tmp/stage      lay the files out under /tmp/stage only; run no
 #                                             useradd/usermod/chown/systemctl, print them
 #
-# Device groups: the unit asks for SupplementaryGroups=video render jtop. systemd fails every
-# start (status=216/GROUP) when one of them does not exist, so the installed unit keeps only the
-# groups that exist here (Nano/TX2 have no "render"; "jtop" exists once jetson-stats is
-# installed: rerun this script after installing it). With --root, the groups are read from
-# DIR/etc/group when that file exists, else from this machine.
+# Device groups: the unit asks for SupplementaryGroups=video render jtop jetson_stats. systemd
+# fails every start (status=216/GROUP) when one of them does not exist, so the installed unit
+# keeps only the groups that exist here, and the user is added to those. Nano/TX2 have no
+# "render". jtop's socket group is "jtop" from jetson-stats 4.1.0 and "jetson_stats" in 3.x to
+# 4.0.0; it exists once jetson-stats is installed: rerun this script after installing or
+# upgrading it. With --root, the groups are read from DIR/etc/group when that file exists, else
+# from this machine.
 set -euo pipefail
 umask 022
 
 NAME=edge-agent
 UNIT_NAME=edge-agent.service
-WANTED_GROUPS="video render jtop"
+# jtop: jetson-stats >= 4.1.0; jetson_stats: jetson-stats 3.x to 4.0.0 (same socket, renamed).
+WANTED_GROUPS="video render jtop jetson_stats"
 DEFAULT_EXEC=/usr/local/bin/edge-agent
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +40,7 @@ UNINSTALL=0
 PURGE=0
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {

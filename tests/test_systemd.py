@@ -540,7 +540,7 @@ def test_unit_contract():
         ("Service", "Restart"): "on-failure",
         ("Service", "RestartSec"): "5",
         ("Service", "User"): "edge-agent",
-        ("Service", "SupplementaryGroups"): "video render jtop",
+        ("Service", "SupplementaryGroups"): "video render jtop jetson_stats",
         ("Service", "StateDirectory"): "edge-agent",
         ("Service", "ConfigurationDirectory"): "edge-agent",
         ("Service", "WorkingDirectory"): "/var/lib/edge-agent",
@@ -695,6 +695,32 @@ def test_install_lays_out_files_and_is_idempotent(stage):
     assert second.returncode == 0, second.stderr
     assert snapshot(str(root)) == tree
     assert "unchanged" in second.stdout
+
+
+@pytest.mark.parametrize("jetson_stats, group_line, groups", [
+    # jetson-stats 3.x to 4.0.0 name the jtop socket's group jetson_stats, 4.1.0+ name it jtop.
+    ("3.1.4 / 4.0.0", "jetson_stats:x:997:", "video jetson_stats"),
+    ("4.1.0 and later", "jtop:x:998:", "video jtop"),
+    ("not installed", None, "video"),
+])
+def test_install_adds_the_user_to_the_jtop_group_of_either_jetson_stats(
+        stage, jetson_stats, group_line, groups):
+    root, config = stage
+    lines = ["root:x:0:", "video:x:44:"] + ([group_line] if group_line else [])
+    (root / "etc" / "group").write_text("\n".join(lines) + "\n")
+    result = run_install("--root", str(root), "--exec", "/bin/true", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    unit = unit_dict(str(root / "etc/systemd/system/edge-agent.service"))
+    assert unit[("Service", "SupplementaryGroups")] == groups, jetson_stats
+    assert "would run: usermod --append --groups {} edge-agent".format(
+        groups.replace(" ", ",")) in result.stdout
+
+
+def test_installer_wants_exactly_the_groups_the_unit_lists():
+    with open(INSTALL) as fh:
+        wanted = re.search(r'(?m)^WANTED_GROUPS="([^"]*)"', fh.read()).group(1).split()
+    assert unit_dict()[("Service", "SupplementaryGroups")].split() == wanted
+    assert "jetson_stats" in wanted and "jtop" in wanted
 
 
 def test_install_keeps_an_existing_config(stage):
