@@ -43,9 +43,16 @@ CSI_FLIP_METHODS = {"none": 0, "rotate-180": 2, "horizontal": 4, "vertical": 6}
 CODECS = ("h264", "h265")
 DECODERS = ("auto", "hw", "sw")
 V4L2_FORMATS = ("raw", "mjpeg")
-NO_GSTREAMER_FIX = ("pip OpenCV wheels have no GStreamer; use the system cv2 from JetPack "
-                    "(apt install python3-opencv; a venv needs --system-site-packages) and "
-                    "pip uninstall opencv-python opencv-python-headless")
+# JetPack's cv2 is NVIDIA's OpenCV 4.x with GStreamer (packages libopencv, libopencv-python,
+# pulled in by nvidia-opencv / nvidia-jetpack). Ubuntu 18.04's python3-opencv is OpenCV 3.2
+# WITHOUT GStreamer and, in /usr/lib/python3/dist-packages, shadows JetPack's: never advise it.
+JETPACK_CV2 = ("JetPack's own cv2 (NVIDIA's OpenCV 4.x with GStreamer: sudo apt-get install "
+               "nvidia-opencv; a venv needs --system-site-packages)")
+NO_GSTREAMER_FIX = ("pip OpenCV wheels have no GStreamer, nor has Ubuntu's python3-opencv "
+                    "(OpenCV 3.2, it shadows JetPack's); on a Jetson use " + JETPACK_CV2 + ", "
+                    "pip uninstall opencv-python opencv-python-headless and sudo apt-get remove "
+                    "python3-opencv; `edge-agent check` shows which cv2 is imported and whether "
+                    "it has GStreamer")
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -310,8 +317,8 @@ class CameraSource(Source):
         try:
             import cv2
         except ImportError as exc:
-            raise SourceError("source {}: OpenCV is not importable ({}); on a Jetson use the "
-                              "system python3-opencv".format(self.describe(), exc))
+            raise SourceError("source {}: OpenCV is not importable ({}); on a Jetson use "
+                              "{}".format(self.describe(), exc, JETPACK_CV2))
         self._prepare(cv2)
         session = _Session()
         session.thread = threading.Thread(target=self._reader, args=(cv2, session),

@@ -38,6 +38,30 @@ def check_python(report: Report) -> None:
     report.add("python", status, "{}.{}.{} at {}".format(v[0], v[1], v[2], sys.executable))
 
 
+# Where Ubuntu's python3-opencv puts its cv2 (a single .so): ahead of JetPack's in sys.path.
+UBUNTU_CV2_DIR = "/usr/lib/python3/dist-packages"
+
+
+def describe_opencv(cv2: Any, root: str = "/") -> Tuple[str, str, bool]:
+    """(status, detail, has GStreamer) for the imported cv2: its version, the file Python
+    loaded it from and whether it was built with GStreamer. On a Jetson a cv2 without GStreamer
+    is not JetPack's (a pip wheel, or Ubuntu's python3-opencv 3.2 shadowing it): a warning with
+    the fix (the `gstreamer` row fails when the configured source needs it)."""
+    from .cameras import NO_GSTREAMER_FIX, gstreamer_in_build, is_jetson
+    gst = gstreamer_in_build(cv2.getBuildInformation())
+    path = getattr(cv2, "__file__", None) or "(no __file__)"
+    detail = "{} from {} (GStreamer: {})".format(getattr(cv2, "__version__", "?"), path,
+                                                 "yes" if gst else "no")
+    if gst or not is_jetson(root):
+        return OK, detail, gst
+    if os.path.dirname(path) == UBUNTU_CV2_DIR:
+        detail += ("; this is Ubuntu's python3-opencv (no GStreamer), which shadows JetPack's "
+                   "cv2: sudo apt-get remove python3-opencv")
+    else:
+        detail += "; not JetPack's cv2: " + NO_GSTREAMER_FIX
+    return WARN, detail, gst
+
+
 def check_modules(report: Report, config: Config) -> None:
     for name, needed, fix in (
             ("numpy", True, "pip install 'numpy<2' (on a Jetson use the system python3-numpy)"),
@@ -49,16 +73,14 @@ def check_modules(report: Report, config: Config) -> None:
                        err, fix))
     cv2, err = _module("cv2")
     if cv2 is None:
-        report.add("opencv", FAIL, "{}; fix: on a Jetson use the system OpenCV "
-                   "(python3-opencv from JetPack); elsewhere pip install "
-                   "opencv-python-headless".format(err))
+        from .cameras import JETPACK_CV2
+        report.add("opencv", FAIL, "{}; fix: on a Jetson use {}; elsewhere pip install "
+                   "opencv-python-headless".format(err, JETPACK_CV2))
     else:
-        from .cameras import NO_GSTREAMER_FIX, gstreamer_in_build, needs_gstreamer, redact_uri
-        gst = gstreamer_in_build(cv2.getBuildInformation())
+        from .cameras import NO_GSTREAMER_FIX, needs_gstreamer, redact_uri
+        status, detail, gst = describe_opencv(cv2)
         uri = config.source.uri
-        report.add("opencv", OK, "{} at {} (GStreamer: {})".format(
-            cv2.__version__, os.path.dirname(getattr(cv2, "__file__", "?")),
-            "yes" if gst else "no"))
+        report.add("opencv", status, detail)
         if needs_gstreamer(uri):
             report.add("gstreamer", OK if gst else FAIL,
                        "OpenCV has GStreamer, which source {} needs".format(redact_uri(uri))

@@ -554,8 +554,8 @@ def highgui_available() -> Tuple[bool, str]:
         return False, "OpenCV is not importable ({})".format(exc)
     from .cameras import highgui_in_build
     if not highgui_in_build(cv2.getBuildInformation()):
-        return False, ("this OpenCV ({}) has no GUI support (opencv-python-headless); the "
-                       "system cv2 (python3-opencv) or opencv-python has it".format(
+        return False, ("this OpenCV ({}) has no GUI support (opencv-python-headless); "
+                       "JetPack's cv2 (nvidia-opencv) or opencv-python has it".format(
                            cv2.__version__))
     return True, ""
 

@@ -5,6 +5,7 @@ loses its RTSP camera and gets it back without a restart."""
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -211,7 +212,12 @@ def test_missing_v4l2_device_names_the_cameras_there():
 def test_no_gstreamer_error_tells_to_use_the_system_cv2():
     text = cameras.no_gstreamer_error("csi://0", "4.8.0", "/venv/cv2/__init__.py")
     assert "csi:// sources need" in text and "4.8.0" in text
-    assert "pip OpenCV wheels have no GStreamer; use the system cv2 from JetPack" in text
+    assert "pip OpenCV wheels have no GStreamer" in text
+    # JetPack's cv2 is NVIDIA's OpenCV package; Ubuntu's python3-opencv (3.2, no GStreamer)
+    # shadows it and must never be advised (docs/PLATFORM.md section 1).
+    assert "JetPack's own cv2" in text and "sudo apt-get install nvidia-opencv" in text
+    assert not re.search(r"install\s+python3-opencv", text), text
+    assert "edge-agent check" in text
     import cv2
     if gstreamer_in_build(cv2.getBuildInformation()):
         pytest.skip("this venv's cv2 has GStreamer: nothing more to check here")
