@@ -810,11 +810,16 @@ class Agent(object):
             cv2.setNumThreads(1)  # the backend owns the cores; OpenCV threads only compete
         except ImportError:
             pass
+        starting = None
         if self.notifier is not None:
-            from .systemd import WatchdogPinger
+            from .systemd import StartTimeoutExtender, WatchdogPinger
             self.pinger = WatchdogPinger(self.notifier, progress=lambda: self.heartbeat,
                                          stop=self.stop)
             self.pinger.start()
+            # Until READY=1 systemd's TimeoutStartSec= runs, and a first TensorRT build on a
+            # Nano outlasts it: keep extending it until the first model serves.
+            starting = StartTimeoutExtender(self.notifier, stop=self.stop)
+            starting.start()
         self.set_state("starting")
         self.link.publish("info", fingerprint(), kind="status", retain=True, qos=1)
         if self.telemetry_enabled:
@@ -833,6 +838,8 @@ class Agent(object):
         self._inference_done = threading.Event()
         self._publish_done = threading.Event()
         self.set_state("serving")
+        if starting is not None:
+            starting.finish()
         if self.notifier is not None:
             self.notifier.ready(self.status_line())
         self._spawn(self._capture_loop, "capture")

@@ -323,6 +323,105 @@ class WatchdogPinger(object):
             self._thread.join(timeout)
 
 
+class StartTimeoutExtender(object):
+    """Keeps systemd's start timeout ahead of a long start-up, such as a first TensorRT build.
+
+    Until ``READY=1``, ``TimeoutStartSec=`` applies (300 s in our unit) and a Nano takes minutes
+    to build even a MobileNet/ResNet-class engine (docs/PLATFORM.md section 2): without this,
+    systemd kills the agent mid-build, nothing is cached and every restart starts the same build
+    again until the unit ends failed. So from ``start()`` until ``finish()`` this sends
+    ``EXTEND_TIMEOUT_USEC`` every ``interval`` seconds, asking for ``EXTEND_FACTOR`` intervals
+    each time: systemd (>= 236; Ubuntu 18.04 has 237) then fires the start timeout only when no
+    such message came for that long, so one late or lost datagram does not end the start, and a
+    dead process still fails within ``EXTEND_FACTOR * interval`` seconds past the unit's own
+    limit.
+
+    READY=1 keeps meaning "serving (or degraded, with the reason)", so ``systemctl start`` and
+    units ordered after ours wait for a model that serves; that is why this extends the start
+    instead of signalling READY before the build.
+
+    A start-up still not finished after ``max_s`` is taken as hung: the extender says so in
+    ``STATUS=`` and stops extending, so the unit's start timeout fires and systemd restarts it.
+    The shared stop Event ends it too (SIGTERM during start-up: systemd applies
+    ``TimeoutStopSec=`` then, which must not be extended). TensorRT's builder releases the GIL
+    while it builds (pybind11 ``gil_scoped_release`` on ``build_serialized_network`` and
+    ``build_engine`` in NVIDIA/TensorRT python/src/infer/pyCore.cpp), so this thread keeps
+    sending during a build.
+    """
+
+    INTERVAL_S = 10.0
+    EXTEND_FACTOR = 3
+    # Tens of minutes for a YOLOv4-class engine on a Nano; longer than this is a hang.
+    MAX_S = 3600.0
+
+    def __init__(
+        self,
+        notifier,  # type: Notifier
+        stop=None,  # type: Optional[threading.Event]
+        interval=None,  # type: Optional[float]
+        max_s=None,  # type: Optional[float]
+        clock=time.monotonic,  # type: Callable[[], float]
+    ):
+        # type: (...) -> None
+        self._notifier = notifier
+        self.stop = stop if stop is not None else threading.Event()
+        self.interval = float(interval if interval is not None else self.INTERVAL_S)
+        self.max_s = float(max_s if max_s is not None else self.MAX_S)
+        self._clock = clock
+        self._started_at = clock()
+        self._done = threading.Event()
+        self._gave_up = False
+        self._thread = None  # type: Optional[threading.Thread]
+
+    @property
+    def extend_s(self):
+        # type: () -> float
+        """Seconds asked for by each message."""
+        return self.interval * self.EXTEND_FACTOR
+
+    def tick(self):
+        # type: () -> bool
+        """Send one extension unless finished, stopping or past ``max_s``; True when sent."""
+        if self._done.is_set() or self.stop.is_set():
+            return False
+        elapsed = self._clock() - self._started_at
+        if elapsed > self.max_s:
+            if not self._gave_up:
+                self._gave_up = True
+                log.error("start-up not finished after %.0f s (limit %.0f s); no longer "
+                          "extending systemd's start timeout, so systemd restarts the agent",
+                          elapsed, self.max_s)
+                self._notifier.status("start-up hung: not ready after %.0f s; start timeout "
+                                      "no longer extended" % elapsed)
+            return False
+        return self._notifier.extend_timeout(self.extend_s)
+
+    def run(self):
+        # type: () -> None
+        """Thread body: extend now, then every ``interval`` until finished or stopped."""
+        while not self._done.is_set() and not self.stop.is_set():
+            self.tick()
+            if self._done.wait(self.interval):
+                break
+
+    def start(self):
+        # type: () -> bool
+        """Start extending (a no-op outside systemd). Returns whether the thread started."""
+        if not self._notifier.enabled or self._thread is not None:
+            return False
+        self._started_at = self._clock()
+        self._thread = threading.Thread(target=self.run, name="sd-start-extender", daemon=True)
+        self._thread.start()
+        return True
+
+    def finish(self, timeout=5.0):
+        # type: (Optional[float]) -> None
+        """Start-up is over (call it before ``READY=1``): no more extensions after this returns."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
 # --- journald logging -------------------------------------------------------------------------
 
 # sd-daemon(3) priority prefixes, understood by journald on a service's stdout/stderr.

@@ -25,6 +25,7 @@ from agent.errors import ConfigError
 from agent.systemd import (
     JournalFormatter,
     Notifier,
+    StartTimeoutExtender,
     WatchdogPinger,
     configure_logging,
     under_journald,
@@ -375,6 +376,79 @@ def test_setting_the_stop_event_ends_the_thread_promptly(path_socket):
 
 
 # --- journald logging -------------------------------------------------------------------------
+
+
+# --- StartTimeoutExtender ---------------------------------------------------------------------
+
+
+def test_extender_asks_for_three_intervals_each_tick_until_finished(path_socket):
+    receiver, env = path_socket
+    clock = FakeClock()
+    extender = StartTimeoutExtender(Notifier(env), interval=10, clock=clock)
+    assert extender.tick()
+    assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "30000000"}
+    clock.now += 10
+    assert extender.tick()
+    assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "30000000"}
+    extender.finish()
+    assert not extender.tick()
+    receiver.assert_silent()
+
+
+def test_extender_gives_up_on_a_hung_start_after_max_s(path_socket):
+    receiver, env = path_socket
+    clock = FakeClock()
+    extender = StartTimeoutExtender(Notifier(env), interval=10, max_s=60, clock=clock)
+    clock.now += 60
+    assert extender.tick()
+    assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "30000000"}
+    clock.now += 1
+    assert not extender.tick()
+    status = receiver.fields()["STATUS"]
+    assert "start-up hung" in status and "no longer extended" in status
+    assert not extender.tick()
+    receiver.assert_silent()  # said once
+
+
+def test_extender_stops_with_the_stop_event_so_a_stop_timeout_is_never_extended(path_socket):
+    receiver, env = path_socket
+    stop = threading.Event()
+    extender = StartTimeoutExtender(Notifier(env), stop=stop, interval=0.05)
+    assert extender.start()
+    assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "150000"}
+    stop.set()
+    extender._thread.join(ARRIVE_S)
+    assert not extender._thread.is_alive()
+    while True:  # what was sent before the thread saw the Event
+        try:
+            receiver.recv(NO_MORE_S)
+        except socket.timeout:
+            break
+    assert not extender.tick()
+    receiver.assert_silent()
+
+
+def test_extender_thread_sends_until_finish_returns(path_socket):
+    receiver, env = path_socket
+    extender = StartTimeoutExtender(Notifier(env), interval=0.02)
+    assert extender.start()
+    for _ in range(3):
+        assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "60000"}
+    extender.finish()
+    assert not extender._thread.is_alive()
+    while True:
+        try:
+            receiver.recv(NO_MORE_S)
+        except socket.timeout:
+            break
+    receiver.assert_silent()
+
+
+def test_extender_is_a_noop_outside_systemd():
+    extender = StartTimeoutExtender(Notifier({}), interval=0.01)
+    assert not extender.start()
+    assert not extender.tick()
+    extender.finish()
 
 
 def test_under_journald_matches_journal_stream_against_the_stream(tmp_path):

@@ -2,8 +2,10 @@
 SIGHUP, STOPPING on SIGTERM, the retained status and the exit code."""
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 
 from conftest import ROOT
@@ -86,3 +88,162 @@ def test_journald_style_logging_under_systemd(broker, run_agent, tmp_path):
     assert lines and all(l.startswith("<") for l in lines), lines[:5]
     assert any(l.startswith("<6>") and "serving" in l for l in lines)
     assert not any(l[3:7].isdigit() and l[7] == "-" for l in lines)  # no "2026-..." stamps
+
+
+class StartJob(object):
+    """systemd's side of a Type=notify start, as sd_notify(3) and systemd.service(5) describe
+    it: the start fails when READY=1 has not come by TimeoutStartSec=; each EXTEND_TIMEOUT_USEC
+    moves that deadline to (arrival + the value) when that is later. A thread reads the socket
+    and stamps each message as it reads it, which is never earlier than it arrived: the check
+    can only be stricter than systemd."""
+
+    def __init__(self, path, timeout_start_s):
+        import threading
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.timeout_start_s = timeout_start_s
+        self.received = []  # (monotonic time read, message)
+        self.cond = threading.Condition()
+        self.t0 = None
+        self._closing = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def begin(self):
+        self.t0 = time.monotonic()
+        self._reader.start()
+
+    def _read(self):
+        while not self._closing:
+            try:
+                data = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.cond:
+                self.received.append((time.monotonic(), data))
+                self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(list(self.received)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("{} within {} s; got {}".format(
+                        what, timeout, [m for _, m in self.received[-6:]]))
+                self.cond.wait(left)
+
+    def close(self):
+        self._closing = True
+        self._reader.join(5)
+        self.sock.close()
+
+    def verdict(self):
+        """None when READY=1 came in time, else why systemd would have failed the start."""
+        deadline = self.t0 + self.timeout_start_s
+        for at, msg in self.received:
+            if at > deadline:
+                return "start timeout fired {:.2f} s before {!r}".format(at - deadline, msg)
+            fields = dict(line.split("=", 1) for line in msg.split("\n") if "=" in line)
+            if fields.get("READY") == "1":
+                return None
+            if "EXTEND_TIMEOUT_USEC" in fields:
+                deadline = max(deadline, at + int(fields["EXTEND_TIMEOUT_USEC"]) / 1e6)
+        return "no READY=1"
+
+
+def warm_imports():
+    """Import now what the agent imports while it starts: an import holds the GIL for up to a
+    second on this loaded machine, which would stall every thread of this test's process
+    (including the agent's extender) against a start timeout scaled down to one second. On a
+    device the extender has 30 s of slack against a 300 s TimeoutStartSec=."""
+    import importlib
+    for name in ("onnx", "onnxruntime", "agent.backends.tensorrt", "agent.backends.trt_build",
+                 "agent.backends.onnxruntime", "agent.validation", "agent.preprocess"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def test_a_first_tensorrt_build_longer_than_the_start_timeout_does_not_fail_the_start(
+        broker, tmp_path, monkeypatch):
+    """Issue 11, 1.2: the first engine build happens before READY=1. Here TimeoutStartSec= is
+    1 s and the build (the TensorRT 8.2 double, held on an Event by the test) lasts at least 3 s;
+    the agent must keep extending the start timeout until READY=1."""
+    import threading
+    from agent.config import load_config
+    from agent.systemd import Notifier, StartTimeoutExtender
+    from trt_helpers import doubles
+    import trt_double
+
+    timeout_start_s = 1.0
+    monkeypatch.setattr(StartTimeoutExtender, "INTERVAL_S", 0.05)
+    monkeypatch.setattr(StartTimeoutExtender, "EXTEND_FACTOR", 20)  # asks 1 s each time
+    held_extends = 60  # >= 3 s of build at one message per 0.05 s
+
+    build_started = threading.Event()
+    release = threading.Event()
+    first_build = []
+
+    def held(original):
+        def build(self, *args, **kwargs):
+            if not first_build:
+                first_build.append(time.monotonic())
+                build_started.set()
+                assert release.wait(120), "the test never released the build"
+            return original(self, *args, **kwargs)
+        return build
+
+    for cls, name in ((trt_double._BuilderCore, "build_serialized_network"),
+                      (getattr(trt_double, "_BuilderLegacy", None), "build_engine")):
+        if cls is not None and name in vars(cls):
+            monkeypatch.setattr(cls, name, held(vars(cls)[name]))
+
+    sock_dir = tempfile.mkdtemp(prefix="edge-start-", dir="/tmp")  # AF_UNIX path limit
+    job = StartJob(os.path.join(sock_dir, "notify"), timeout_start_s)
+    with doubles("8.2"):
+        from agent.app import Agent
+        config = load_config(os.path.join(ROOT, "config.yaml"), [
+            "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=slowbuild",
+            "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",
+            "backend.precision=fp16", "source.uri=file://models/samples", "source.fps=20"])
+        agent = Agent(config, telemetry=False,
+                      notifier=Notifier({"NOTIFY_SOCKET": os.path.join(sock_dir, "notify")}))
+        thread = threading.Thread(target=agent.run)
+        warm_imports()
+        job.begin()
+        thread.start()
+        try:
+            assert build_started.wait(120), "the agent never started a TensorRT build"
+
+            def extends_during_build(received):
+                return len([1 for at, m in received if at >= first_build[0] and
+                            m.startswith("EXTEND_TIMEOUT_USEC=")]) >= held_extends
+            job.wait_for(extends_during_build, 60,
+                              "no {} EXTEND_TIMEOUT_USEC messages during the build".format(
+                                  held_extends))
+            held_s = time.monotonic() - first_build[0]
+            release.set()
+            job.wait_for(lambda received: any("READY=1" in m for _, m in received), 120,
+                              "no READY=1 after the build")
+        finally:
+            release.set()
+            agent.stop.set()
+            thread.join(60)
+            job.close()
+            shutil.rmtree(sock_dir, ignore_errors=True)
+    assert not thread.is_alive()
+    assert held_s > timeout_start_s and held_s > 20 * 0.05, \
+        "the build must outlast both the start timeout and one extension"
+    timeline = ["{:.2f} {}".format(at - job.t0, m.replace("\n", " ")[:60])
+                for at, m in job.received]
+    assert job.verdict() is None, "{} (build started at {:.2f} s):\n{}".format(
+        job.verdict(), first_build[0] - job.t0, "\n".join(timeline))
+    ready_at = [i for i, (_, m) in enumerate(job.received) if "READY=1" in m][0]
+    assert "tensorrt" in job.received[ready_at][1]
+    after = [m for _, m in job.received[ready_at:] if "EXTEND_TIMEOUT_USEC" in m]
+    assert after == [], "the start timeout was still extended after READY=1"
+    assert job.received[0][1] == "EXTEND_TIMEOUT_USEC=1000000"
