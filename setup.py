@@ -55,9 +55,11 @@ setup(
         "onnxruntime": ["onnxruntime"],
         # Desktop OpenCV. Never on a Jetson: its system cv2 has GStreamer, pip wheels do not.
         "opencv": ["opencv-python-headless"],
-        # Jetson extras: TensorRT itself comes from JetPack, not pip.
-        "jetson": ["pycuda<=2022.1; python_version<'3.8'", "pycuda; python_version>='3.8'",
-                   "jetson-stats"],
+        # Jetson extras: TensorRT and OpenCV come from JetPack, not pip. pycuda compiles against
+        # /usr/local/cuda (PATH and CUDA_INC_DIR: tools/jetson/setup.sh sets them). Not
+        # jetson-stats: it installs the jtop service and refuses a venv; install it system-wide
+        # (sudo -H pip3 install -U jetson-stats) and a --system-site-packages venv sees it.
+        "jetson": ["pycuda<=2022.1; python_version<'3.8'", "pycuda; python_version>='3.8'"],
         "nvml": ["nvidia-ml-py"],
         "signing": ["cryptography"],
         "tests": ["pytest", "vermin", "onnx", "hypothesis", "cryptography", "mypy"],
