@@ -812,10 +812,7 @@ class Agent(object):
             pass
         starting = None
         if self.notifier is not None:
-            from .systemd import StartTimeoutExtender, WatchdogPinger
-            self.pinger = WatchdogPinger(self.notifier, progress=lambda: self.heartbeat,
-                                         stop=self.stop)
-            self.pinger.start()
+            from .systemd import StartTimeoutExtender
             # Until READY=1 systemd's TimeoutStartSec= runs, and a first TensorRT build on a
             # Nano outlasts it: keep extending it until the first model serves.
             starting = StartTimeoutExtender(self.notifier, stop=self.stop)
@@ -842,6 +839,13 @@ class Agent(object):
             starting.finish()
         if self.notifier is not None:
             self.notifier.ready(self.status_line())
+            # The watchdog from READY=1 on, not before: a WATCHDOG=1 during start-up arms
+            # systemd's watchdog, and nothing beats during a TensorRT build, so the pings
+            # would stop and systemd would kill the build (the start timeout guards start-up).
+            from .systemd import WatchdogPinger
+            self.pinger = WatchdogPinger(self.notifier, progress=lambda: self.heartbeat,
+                                         stop=self.stop)
+            self.pinger.start()
         self._spawn(self._capture_loop, "capture")
         inference = self._spawn(self._run_inference, "inference")
         publisher = self._spawn(self._run_publisher, "publish")

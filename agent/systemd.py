@@ -309,7 +309,11 @@ class WatchdogPinger(object):
         # type: () -> bool
         """Start the thread if there is a watchdog to feed. Returns whether it started.
 
-        Start it before loading the model: systemd enforces ``WatchdogSec=`` during start-up too.
+        Start it right after ``READY=1``. systemd arms the watchdog at READY=1, and also at any
+        ``WATCHDOG=1`` that comes before it (src/core/service.c: service_reset_watchdog has no
+        state check), so pings during start-up would arm it while a TensorRT build, which
+        nothing beats, runs for minutes: the pings would stop and systemd kill the build.
+        StartTimeoutExtender guards the start-up instead.
         """
         if not self.enabled or self._thread is not None:
             return False
