@@ -52,6 +52,11 @@ STUB = textwrap.dedent(r"""
                 *) echo "venv python stub: unexpected $*" >&2; exit 2 ;;
             esac ;;
         venv-edge-agent) exit "${STUB_CHECK_RC:-0}" ;;
+        dpkg-query)
+            case " $STUB_DPKG " in
+                *" ${@: -1} "*) printf 'install ok installed' ;;
+                *) exit 1 ;;
+            esac ;;
     esac
     exit 0
     """).lstrip()
@@ -71,7 +76,7 @@ class Board(object):
         self.stub = self.bin / "stub"
         self.stub.write_text(STUB)
         self.stub.chmod(0o755)
-        for name in ("apt-get", "sudo", "pip3", "python3", "id"):
+        for name in ("apt-get", "sudo", "pip3", "python3", "id", "dpkg-query"):
             os.symlink(str(self.stub), str(self.bin / name))
         if cuda:
             nvcc = self.root / "usr" / "local" / "cuda" / "bin" / "nvcc"
@@ -94,6 +99,7 @@ class Board(object):
             "STUB_LOG": str(self.log), "STUB_STATE": str(self.state),
             "STUB_SELF": str(self.stub), "STUB_VENV": str(self.venv),
             "STUB_PYTHON": self.python, "STUB_UID": str(self.uid),
+            "STUB_DPKG": "libopencv libopencv-python nvidia-opencv",
         }
         env.update(env_extra)
         return subprocess.run(["bash", SETUP, "--sysroot", str(self.root)] + list(args),
@@ -112,7 +118,7 @@ class Board(object):
 
 def commands(calls):
     """The calls that change something, as 'name args' (the probes left out)."""
-    probes = ("id", "nvcc")
+    probes = ("id", "nvcc", "dpkg-query")
     out = []
     for name, args, _ in calls:
         if name in probes or (name in ("python3", "venv-python") and args.startswith("-c ")):
@@ -151,7 +157,7 @@ def test_nano_setup_runs_every_step_in_order_under_lang_c(tmp_path):
         "venv-edge-agent check -c " + os.path.join(ROOT, "config.yaml"),
     ]
     # Never Ubuntu's OpenCV 3.2 (no GStreamer, shadows JetPack's cv2), never pip OpenCV/numpy.
-    everything = " ".join(commands(board.calls()))
+    everything = " ".join(commands(board.calls())).replace(str(tmp_path), "TMP")
     assert "opencv" not in everything and "numpy<" not in everything
     # pycuda compiles against /usr/local/cuda: nvcc on PATH and the include directory given.
     cuda = str(board.root / "usr" / "local" / "cuda")
@@ -160,6 +166,20 @@ def test_nano_setup_runs_every_step_in_order_under_lang_c(tmp_path):
     assert env["CUDA_INC_DIR"] == cuda + "/include" and env["CUDA_ROOT"] == cuda
     # Every command ran in the C locale the script was started in.
     assert all("LANG=C LC_ALL=C" in e for _, _, e in board.calls())
+
+
+def test_ubuntus_opencv_is_named_with_its_removal_and_jetpacks_missing_one_with_its_package(
+        tmp_path):
+    board = Board(tmp_path)
+    result = board.run(STUB_DPKG="python3-opencv")
+    assert result.returncode == 0, result.stderr
+    assert "Ubuntu's python3-opencv is installed" in result.stderr
+    assert "sudo apt-get remove python3-opencv" in result.stderr
+    assert "sudo apt-get install nvidia-opencv" in result.stderr
+    assert not any("python3-opencv" in c or "nvidia-opencv" in c  # warned, nothing changed
+                   for c in commands(board.calls()))
+    quiet = Board(tmp_path / "ok")
+    assert "opencv" not in quiet.run().stderr.lower()
 
 
 def test_running_it_again_skips_what_is_done(tmp_path):

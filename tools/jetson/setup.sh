@@ -127,6 +127,20 @@ else
          "install python3-libnvinfer (JetPack); until then the agent runs on ONNX Runtime" >&2
 fi
 
+# JetPack's OpenCV (NVIDIA's, with GStreamer) and never Ubuntu's python3-opencv beside it.
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+if installed python3-opencv; then
+    echo "warning: Ubuntu's python3-opencv is installed: on JetPack 4.6 it is OpenCV 3.2" \
+         "without GStreamer and shadows JetPack's cv2 (csi:// and rtsp:// fail); remove it:" \
+         "sudo apt-get remove python3-opencv" >&2
+fi
+if ! installed libopencv-python && ! installed nvidia-opencv; then
+    echo "warning: JetPack's OpenCV (libopencv-python) is not installed: sudo apt-get install" \
+         "nvidia-opencv (cameras need its GStreamer)" >&2
+fi
+
 # --- 2. system packages ---------------------------------------------------------------------
 say "system packages (apt)"
 as_root apt-get update
