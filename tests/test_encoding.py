@@ -98,6 +98,42 @@ def test_model_package_and_config_with_utf8_text_load_under_lang_c(tmp_path):
     assert proc.stdout.decode().split() == [ascii("crème-brûlée"), "efficientnet_lite0"]
 
 
+def unit_environment():
+    """The Environment= assignments of systemd/edge-agent.service."""
+    env = {}
+    with open(os.path.join(ROOT, "systemd", "edge-agent.service"), encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("Environment="):
+                for pair in line.strip()[len("Environment="):].split():
+                    key, value = pair.split("=", 1)
+                    env[key] = value
+    return env
+
+
+@pytest.mark.parametrize("with_unit_env", [True, False])
+def test_the_service_logs_utf8_under_the_c_locale(tmp_path, with_unit_env):
+    """A unit may start with no LANG. With the unit's Environment= the journal gets UTF-8; the
+    case without it shows what it prevents (\\xNN escapes in the journal)."""
+    script = textwrap.dedent("""
+        import logging
+        from agent.systemd import configure_logging
+        configure_logging("INFO", environ={"INVOCATION_ID": "x"})
+        logging.getLogger("agent.test").warning("label: cr\\u00e8me-br\\u00fbl\\u00e9e")
+        """)
+    env = c_locale_env()
+    env["PYTHONPATH"] = ROOT
+    if with_unit_env:
+        env.update(unit_environment())
+    proc = subprocess.run([python36(), "-c", script], cwd=str(tmp_path), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0
+    if with_unit_env:
+        assert proc.stderr == "<4>agent.test: label: crème-brûlée\n".encode("utf-8")
+    else:
+        # The premise: 3.6 writes stderr as ASCII under LANG=C, other characters escaped.
+        assert proc.stderr == b"<4>agent.test: label: cr\\xe8me-br\\xfbl\\xe9e\n"
+
+
 # --- static: every text open() names its encoding ---------------------------------------------
 
 

@@ -621,7 +621,7 @@ def test_unit_contract():
         ("Service", "ExecStart"): "/usr/local/bin/edge-agent run -c /etc/edge-agent/config.yaml"
         " --set device.state_dir=/var/lib/edge-agent",
         ("Service", "ExecReload"): "/bin/kill -HUP $MAINPID",
-        ("Service", "Environment"): "PYTHONUNBUFFERED=1",
+        ("Service", "Environment"): "PYTHONUNBUFFERED=1 PYTHONIOENCODING=utf-8",
     }
     for key, value in expected.items():
         assert unit.get(key) == value, key
