@@ -57,7 +57,8 @@ def tiny(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Both API generations: build, cache, load, infer on the bundled model
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("generation,api", [("8.2", "binding"), ("10.3", "tensor")])
+@pytest.mark.parametrize("generation,api", [("8.2", "binding"), ("8.5", "tensor"),
+                                            ("10.3", "tensor")])
 def test_generation_builds_caches_loads_and_infers_bundled_model(tmp_path, effnet, generation,
                                                                  api):
     from agent.backends.onnxruntime import OnnxRuntimeBackend
@@ -999,8 +1000,8 @@ def test_deserialisation_and_context_creation_need_a_current_context(tmp_path, t
         assert "invalid device context" in errors[-1]
 
 
-@pytest.mark.parametrize("generation,explicit_needed", [("8.2", True), ("10.3", False),
-                                                        ("11", False)])
+@pytest.mark.parametrize("generation,explicit_needed", [("8.2", True), ("8.5", True),
+                                                        ("10.3", False), ("11", False)])
 def test_network_creation_flags_per_generation(tmp_path, tiny, generation, explicit_needed):
     with doubles(generation, NANO) as trt:
         logger = trt.Logger()

@@ -6,9 +6,22 @@ docs/PLATFORM.md section 2 (and section 3 for the CUDA side) and in NVIDIA/Tenso
 `build_serialized_network`; 8.5+/10.x: tensor API `num_io_tensors`/`set_tensor_address`/
 `execute_async_v3`, `set_memory_pool_limit`, `IProgressMonitor`, no binding API, no
 `build_engine`) and `pyOnnx.cpp`/`pyInt8.cpp` (OnnxParser errors, IInt8EntropyCalibrator2).
-`make_module("8.2" | "10.3" | "11")` returns a `tensorrt` module of that generation; "11" has no
+`make_module("8.2" | "8.5" | "10.3" | "11")` returns a `tensorrt` module of that generation;
+"8.5" (JetPack 5.1) has both I/O APIs and both workspace APIs, as 8.5 really has; "11" has no
 FP16/INT8 builder flags, no EXPLICIT_BATCH, no `platform_has_fast_*` and no calibrators.
-The 10.x surface is checked against the `tensorrt-stubs` package by tests/test_trt_stubs.py.
+The 10.x surface is checked against the `tensorrt-stubs` package, the 8.2 and 8.5 surfaces
+against lists written from NVIDIA/TensorRT's python/src at tags 8.2.1 and 8.5.3
+(tests/trt_surface.py), by tests/test_trt_stubs.py.
+
+Strictness, as the real libraries: on 8.x the ONNX parser refuses a network created without
+EXPLICIT_BATCH (onnx-tensorrt's importModel assertion text); 10.x ignores the flag; 11 has
+none. Before 8.4 only the first logger of the process receives messages (#1475). 8.2 imports
+NonMaxSuppression as a plugin, so parsing it needs `init_libnvinfer_plugins` first (stricter
+than a parser built with ENABLE_STD_PLUGIN, which registers them itself). Deserialising and
+creating an execution context need a current CUDA context (stricter than the runtime API, which
+would fall back to the primary context: the agent's contract is that TensorRT objects live in
+the context it pushed); a DLA engine needs `runtime.DLA_core` set (8.x defaults it to -1).
+Executions are queued on the stream (pycuda double) and run when it is synchronised.
 
 What is NOT real: no kernels are chosen or timed. The "engine" is a header (TensorRT version,
 GPU, precision, I/O shapes, profile) plus the ONNX bytes; executing it runs the real ONNX file
@@ -34,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 MAGIC = b"TRT-DOUBLE-PLAN\n"
-VERSIONS = {"8.2": "8.2.1.8", "10.3": "10.3.0.26", "11": "11.0.0.9"}
+VERSIONS = {"8.2": "8.2.1.8", "8.5": "8.5.2.2", "10.3": "10.3.0.26", "11": "11.0.0.9"}
 
 
 class Knobs(object):
@@ -495,6 +508,8 @@ class _ConfigPools(object):
     def get_memory_pool_limit(self, pool: Any) -> int:
         return self._workspace or 0  # type: ignore[attr-defined]
 
+
+class _ConfigProgress(object):
     @property
     def progress_monitor(self) -> Any:
         return getattr(self, "_monitor", None)
@@ -1094,7 +1109,7 @@ def gpu_facts(name: str, cc: Tuple[int, int]) -> Dict[str, Any]:
 
 
 def make_module(generation: str = "10.3", gpu: Optional[Dict[str, Any]] = None) -> Any:
-    """A `tensorrt` module of one API generation ("8.2", "10.3" or "11")."""
+    """A `tensorrt` module of one API generation ("8.2", "8.5", "10.3" or "11")."""
     if generation not in VERSIONS:
         raise ValueError("generation must be one of {}".format(", ".join(VERSIONS)))
     module = types.ModuleType("tensorrt")
@@ -1109,22 +1124,25 @@ def make_module(generation: str = "10.3", gpu: Optional[Dict[str, Any]] = None) 
     module.KNOBS = KNOBS  # type: ignore[attr-defined]
     module._generation = generation  # type: ignore[attr-defined]
     old = generation == "8.2"
+    v85 = generation == "8.5"  # JetPack 5.1: both I/O APIs, both workspace APIs
+    v8 = old or v85
     v11 = generation == "11"
-    module._max_opset = 13 if old else 21  # type: ignore[attr-defined]
+    module._max_opset = 13 if old else 17 if v85 else 21  # type: ignore[attr-defined]
     module._unsupported_ops = {"HardSwish"} if old else set()  # type: ignore[attr-defined]
 
     flag_names = ["FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
                   "SPARSE_WEIGHTS"]
     if v11:
         flag_names = [f for f in flag_names if f not in ("FP16", "INT8")]
-    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL"] + ([] if old else ["UINT8", "INT64"])
+    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL"] + \
+        ([] if old else ["UINT8"] if v85 else ["UINT8", "INT64"])
     ns = {
         "BuilderFlag": _enum("BuilderFlag", flag_names),
         "DataType": _enum("DataType", dtypes),
         "DeviceType": _enum("DeviceType", ["GPU", "DLA"]),
         "NetworkDefinitionCreationFlag": _enum(
             "NetworkDefinitionCreationFlag",
-            [] if v11 else ["EXPLICIT_BATCH", "EXPLICIT_PRECISION"] if old
+            [] if v11 else ["EXPLICIT_BATCH", "EXPLICIT_PRECISION"] if v8
             else ["EXPLICIT_BATCH", "STRONGLY_TYPED"]),
         "Dims": Dims, "IHostMemory": IHostMemory, "ITimingCache": ITimingCache,
         "ILogger": ILogger, "Logger": Logger, "IProfiler": IProfiler,
@@ -1136,20 +1154,24 @@ def make_module(generation: str = "10.3", gpu: Optional[Dict[str, Any]] = None) 
     }
     if not old:
         ns["MemoryPoolType"] = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
-                                                        "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM",
-                                                        "TACTIC_DRAM"])
+                                                        "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM"] +
+                                     ([] if v85 else ["TACTIC_DRAM"]))
         ns["TensorIOMode"] = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    if not v8:
         ns["IProgressMonitor"] = IProgressMonitor
     if not v11:
         ns["IInt8Calibrator"] = IInt8Calibrator
         ns["IInt8EntropyCalibrator2"] = IInt8EntropyCalibrator2
 
     config_bases = [_ConfigCore] + ([] if v11 else [_ConfigInt8]) + \
-        ([_ConfigWorkspace82] if old else [_ConfigPools])
+        ([_ConfigWorkspace82] if v8 else []) + ([] if old else [_ConfigPools]) + \
+        ([] if v8 else [_ConfigProgress])
     builder_bases = [_BuilderCore] + ([] if v11 else [_BuilderPlatform]) + \
-        ([_BuilderLegacy] if old else [])
-    engine_bases = [_EngineCore, _EngineBindingAPI if old else _EngineTensorAPI]
-    context_bases = [_ContextCore, _ContextBindingAPI if old else _ContextTensorAPI]
+        ([_BuilderLegacy] if v8 else [])
+    engine_bases = [_EngineCore] + ([_EngineBindingAPI] if v8 else []) + \
+        ([] if old else [_EngineTensorAPI])
+    context_bases = [_ContextCore] + ([_ContextBindingAPI] if v8 else []) + \
+        ([] if old else [_ContextTensorAPI])
     attrs = {"__module__": __name__}
     ns["IBuilderConfig"] = type("IBuilderConfig", tuple(config_bases), dict(attrs))
     ns["Builder"] = type("Builder", tuple(builder_bases), dict(attrs))
