@@ -193,6 +193,7 @@ class DeviceAllocation(object):
             return
         if Context.get_current() is None:
             STATS.frees_without_context += 1
+        _run_pending(None)  # cuMemFree waits for queued work, as cudaFree does
         STATS.frees += 1
         with _lock:
             _memory.pop(self.ptr, None)
@@ -216,6 +217,7 @@ class HostAllocation(object):
         if not self.freed:
             if Context.get_current() is None:
                 STATS.frees_without_context += 1
+            _run_pending(None)  # cuMemFreeHost waits for queued work
             STATS.host_frees += 1
             self.freed = True
 

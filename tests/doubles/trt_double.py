@@ -888,7 +888,7 @@ class _ContextCore(object):
         return self._engine._engine_shape(name)
 
     def _run(self, stream_handle: int) -> bool:
-        trt, plan = self._trt, self._engine._plan
+        plan = self._engine._plan
         if not _context_current():
             self._error("Cuda Runtime (invalid device context): no CUDA context is current in "
                         "this thread")
