@@ -14,7 +14,7 @@ LogicError). cuInit is per process, so init() once is enough for every thread.
 
 Streams are asynchronous as on a GPU: `memcpy_htod_async`, `memcpy_dtoh_async`, kernel launches
 and TensorRT executions (through `enqueue`) are queued and run only when the host waits:
-`stream.synchronize()` (the queue up to that stream's last operation, in submission order),
+`stream.synchronize()` (that stream's queue, with default-stream work queued before it),
 `Context.synchronize()` or a synchronous copy (everything queued: the legacy default stream
 waits for blocking streams). Until then an output host buffer keeps what it held before; new
 pinned and device memory is filled with 0xFF bytes (NaN as float32) because real allocations
@@ -291,16 +291,24 @@ def pending_operations() -> int:
 
 
 def _run_pending(handle: Optional[int]) -> None:
-    """Run queued work: all of it (handle None), or up to the last item of stream `handle`."""
+    """Run queued work: all of it (handle None), or stream `handle`'s items together with the
+    default-stream (0) items queued before its last one (streams are independent otherwise).
+
+    The work runs outside the lock, so threads with their own streams do not wait for each
+    other (the agent's model manager validates while the inference thread serves).
+    """
     with _lock:
         if handle is None:
-            last = len(_pending) - 1
+            todo = list(_pending)
+            del _pending[:]
         else:
             last = max([i for i, (h, _) in enumerate(_pending) if h == handle] or [-1])
-        todo = _pending[:last + 1]
-        del _pending[:last + 1]
-        for _, work in todo:
-            work()
+            todo = [item for i, item in enumerate(_pending)
+                    if i <= last and item[0] in (handle, 0)]
+            _pending[:] = [item for i, item in enumerate(_pending)
+                           if not (i <= last and item[0] in (handle, 0))]
+    for _, work in todo:
+        work()
 
 
 def _find(ptr: int, nbytes: int) -> memoryview:
