@@ -48,7 +48,15 @@ def _version(module: str) -> Optional[str]:
 
 
 def gpu_info() -> Dict[str, Any]:
-    """Name and compute capability of GPU 0 through NVML when available (discrete GPUs)."""
+    """Name and compute capability of GPU 0: NVML on discrete GPUs, else CUDA through pycuda.
+
+    A Jetson has no NVML, so there the CUDA driver answers (the same source the TensorRT
+    backend uses for the engine-cache key). Nothing is made current: no context is created.
+    """
+    return _gpu_info_nvml() or _gpu_info_cuda()
+
+
+def _gpu_info_nvml() -> Dict[str, Any]:
     try:
         import pynvml
     except Exception:
@@ -61,9 +69,27 @@ def gpu_info() -> Dict[str, Any]:
             if isinstance(name, bytes):
                 name = name.decode()
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            return {"name": name, "compute_capability": "{}.{}".format(major, minor)}
+            return {"name": name, "compute_capability": "{}.{}".format(major, minor),
+                    "source": "nvml"}
         finally:
             pynvml.nvmlShutdown()
+    except Exception:
+        return {}
+
+
+def _gpu_info_cuda() -> Dict[str, Any]:
+    try:
+        import pycuda.driver as cuda
+    except Exception:
+        return {}
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            return {}
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        return {"name": str(device.name()),
+                "compute_capability": "{}.{}".format(major, minor), "source": "cuda"}
     except Exception:
         return {}
 

@@ -57,7 +57,8 @@ def tiny(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Both API generations: build, cache, load, infer on the bundled model
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("generation,api", [("8.2", "binding"), ("10.3", "tensor")])
+@pytest.mark.parametrize("generation,api", [("8.2", "binding"), ("8.5", "tensor"),
+                                            ("10.3", "tensor")])
 def test_generation_builds_caches_loads_and_infers_bundled_model(tmp_path, effnet, generation,
                                                                  api):
     from agent.backends.onnxruntime import OnnxRuntimeBackend
@@ -223,7 +224,11 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_engine_without_record_is_not_used(tmp_path, tiny, monkeypatch):
     """The JSON record is written last: an engine whose record write failed is rebuilt."""
+    # Import tensorrt.py BEFORE patching: it binds trt_build.atomic_write by name at import,
+    # and a first import under the patch would keep the failing writer after this test.
+    import agent.backends.tensorrt as trt_backend
     from agent.backends import trt_build
+    writer = trt_backend.atomic_write
     with doubles("10.3", NANO):
         real = trt_build.atomic_write
         calls = []
@@ -243,6 +248,7 @@ def test_engine_without_record_is_not_used(tmp_path, tiny, monkeypatch):
         backend.close()
         assert not backend.from_cache
         assert any("no engine built yet" in n for n in backend.notes)
+    assert trt_backend.atomic_write is writer is trt_build.atomic_write
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +407,6 @@ def test_preflight_names_what_tensorrt_82_rejects_before_building(tmp_path):
     cases = {
         "opset": (dict(opset=14), "opset 14 is newer than TensorRT 8.2.1.8 supports"),
         "hardswish": (dict(extra="HardSwish", opset=14), "operator HardSwish is not supported"),
-        "nms": (dict(extra="NonMaxSuppression"), "operator NonMaxSuppression is not supported"),
         "pad": (dict(extra="Pad"), "takes its pads from a computed tensor"),
         "argmax": (dict(extra="ArgMax"), "ArgMax fails on the Jetson Nano (SM 5.3)"),
         "uint8": (dict(input_type=TensorProto.UINT8), "is uint8, which TensorRT 8.2.1.8 does not"),
@@ -413,10 +418,43 @@ def test_preflight_names_what_tensorrt_82_rejects_before_building(tmp_path):
         report = preflight(path, "8.2.1.8", "5.3")
         assert any(message in p for p in report.problems), (name, report.problems)
         newer = preflight(path, "10.3.0.26", "8.7")
-        if name in ("opset", "hardswish", "nms", "pad", "argmax"):
+        if name in ("opset", "hardswish", "pad", "argmax"):
             assert not newer.problems, (name, newer.problems)
     ok = preflight(tiny_onnx(str(tmp_path / "ok.onnx")), "8.2.1.8", "5.3")
     assert ok.checked and not ok.problems and ok.opset == 13
+
+
+def test_nonmaxsuppression_is_not_refused_on_82_and_the_plugins_are_initialised(tmp_path):
+    """TensorRT 8.0+ imports ONNX NonMaxSuppression (experimental, as a plugin): the preflight
+    lets it through on 8.2, and the build registers the plugins before parsing."""
+    from agent.backends.trt_build import build_engine, preflight
+    from trt_helpers import tiny_onnx
+    path = tiny_onnx(str(tmp_path / "nms.onnx"), extra="NonMaxSuppression")
+    report = preflight(path, "8.2.1.8", "5.3")
+    assert not report.problems, report.problems
+    assert any("NonMaxSuppression is experimental" in n for n in report.notes)
+    assert preflight(path, "7.1.3", "5.3").problems  # TensorRT 7 has no importer for it
+    with doubles("8.2", NANO) as trt:
+        result = build_engine(path, precision="fp32", trt=trt)
+        assert result.data and trt._plugins_initialized
+
+
+def test_82_double_parses_nms_only_after_the_plugin_library_is_initialised(tmp_path):
+    from trt_helpers import tiny_onnx
+    path = tiny_onnx(str(tmp_path / "nms.onnx"), extra="NonMaxSuppression")
+    with doubles("8.2", NANO) as trt:
+        logger = trt.Logger()
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        parser = trt.OnnxParser(trt.Builder(logger).create_network(flags), logger)
+        assert not parser.parse(open(path, "rb").read())
+        assert "Plugin not found" in parser.get_error(0).desc()
+        assert trt.init_libnvinfer_plugins(logger, "")
+        parser = trt.OnnxParser(trt.Builder(logger).create_network(flags), logger)
+        assert parser.parse(open(path, "rb").read())
+    with doubles("10.3", NANO) as trt:  # 8.5+: INMSLayer, no plugin needed
+        logger = trt.Logger()
+        parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
+        assert parser.parse(open(path, "rb").read())
 
 
 def test_preflight_failure_stops_the_build_with_the_reason(tmp_path):
@@ -442,6 +480,52 @@ def test_build_returning_none_is_a_clear_error(tmp_path, tiny):
             load(tiny, options(tmp_path))
         assert "could not build a fp16 engine for model.onnx" in str(err.value)
         assert "injected build failure" in str(err.value)
+
+
+def test_82_build_errors_reach_the_agent_after_an_earlier_build(tmp_path, tiny):
+    """TensorRT < 8.4 keeps only the first logger of the process (NVIDIA/TensorRT#1475): a
+    second build's errors must still be reported, so the agent uses one logger."""
+    with doubles("8.2", NANO) as trt:
+        first = load(tiny, options(tmp_path / "a"))
+        first.close()
+        trt.KNOBS.fail_build = True
+        with pytest.raises(BackendError) as err:
+            load(tiny, options(tmp_path / "b"))
+        assert "injected build failure" in str(err.value), str(err.value)
+        # ...and errors from the first build are not repeated in a later one's message.
+        trt.KNOBS.fail_build = False
+        trt.KNOBS.min_workspace = 1 << 40
+        with pytest.raises(BackendError) as err:
+            load(tiny, options(tmp_path / "c"))
+        assert "Insufficient workspace" in str(err.value)
+        assert "injected build failure" not in str(err.value)
+
+
+def test_82_double_keeps_only_the_first_logger_like_tensorrt_before_84():
+    for generation, first_gets_it in (("8.2", True), ("10.3", False)):
+        with doubles(generation, NANO) as trt:
+            seen = {"first": [], "second": []}
+
+            def logger(key):
+                class L(trt.ILogger):
+                    def __init__(self):
+                        trt.ILogger.__init__(self)
+
+                    def log(self, severity, msg):
+                        seen[key].append(msg)
+                return L()
+
+            trt.Builder(logger("first"))
+            trt.KNOBS.fail_build = True
+            second = logger("second")
+            builder = trt.Builder(second)
+            network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag
+                                                      .EXPLICIT_BATCH))
+            network._onnx = b"x"
+            assert builder.build_serialized_network(network,
+                                                    builder.create_builder_config()) is None
+            got = "first" if first_gets_it else "second"
+            assert seen[got] and not seen["first" if got == "second" else "second"], seen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,3 +921,129 @@ def test_python36_compatible():
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          universal_newlines=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The doubles are as strict as the real libraries (so the tests above can fail)
+# ---------------------------------------------------------------------------------------------
+def test_pycuda_double_needs_init_before_any_driver_call():
+    from agent.backends.cuda import CudaContext
+    with doubles("10.3", NANO):
+        drv = sys.modules["pycuda.driver"]
+        for call in (drv.Device.count, lambda: drv.Device(0)):
+            with pytest.raises(drv.LogicError, match="failed: initialization error"):
+                call()
+        with CudaContext(0) as cuda:  # the agent calls init() first
+            assert cuda.device_name() == "NVIDIA Tegra X1"
+        assert pycuda_double.stats().init_calls == 1
+
+
+def test_async_copies_are_not_visible_before_the_stream_is_synchronised():
+    from agent.backends.cuda import CudaContext
+    with doubles("10.3", NANO):
+        with CudaContext(0) as cuda:
+            host = cuda.pinned((4,), np.float32)
+            assert np.isnan(host).all(), "new pinned memory is uninitialised"
+            dev = cuda.device_alloc(host.nbytes)
+            host[:] = [1, 2, 3, 4]
+            cuda.htod_async(dev, host)
+            out = cuda.pinned((4,), np.float32)
+            out[:] = -1
+            cuda.dtoh_async(out, dev)
+            assert (out == -1).all(), "a queued copy must not land before synchronize()"
+            cuda.synchronize()
+            assert out.tolist() == [1, 2, 3, 4]
+
+
+def test_engine_execution_results_appear_only_after_synchronize(tmp_path, tiny):
+    for generation in ("8.2", "10.3"):
+        with doubles(generation, NANO):
+            backend = load(tiny, options(tmp_path / generation, validate={"frames": 0}))
+            try:
+                cuda, io = backend._cuda, backend._io
+                inp = backend._buffers["input"]
+                out = backend._buffers["logits"]
+                inp.host[:] = 0.5
+                out.host[:] = 7.0
+                cuda.htod_async(inp.device, inp.host)
+                io.execute(cuda.stream.handle)
+                cuda.dtoh_async(out.host, out.device)
+                assert (out.host == 7.0).all(), generation
+                cuda.synchronize()
+                assert not (out.host == 7.0).any() and np.isfinite(out.host).all()
+            finally:
+                backend.close()
+
+
+def test_deserialisation_and_context_creation_need_a_current_context(tmp_path, tiny):
+    from agent.backends.cuda import CudaContext
+    from agent.backends.trt_build import build_engine
+    with doubles("10.3", NANO) as trt:
+        with CudaContext(0):
+            data = build_engine(tiny.onnx_path, precision="fp32", trt=trt).data
+        errors = []
+
+        class Log(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                errors.append(msg)
+
+        runtime = trt.Runtime(Log())
+        assert runtime.deserialize_cuda_engine(data) is None
+        assert "invalid device context" in errors[-1]
+        with CudaContext(0):
+            engine = runtime.deserialize_cuda_engine(data)
+            assert engine is not None
+        assert engine.create_execution_context() is None
+        assert "invalid device context" in errors[-1]
+
+
+@pytest.mark.parametrize("generation,explicit_needed", [("8.2", True), ("8.5", True),
+                                                        ("10.3", False), ("11", False)])
+def test_network_creation_flags_per_generation(tmp_path, tiny, generation, explicit_needed):
+    with doubles(generation, NANO) as trt:
+        logger = trt.Logger()
+        builder = trt.Builder(logger)
+        parser = trt.OnnxParser(builder.create_network(0), logger)
+        assert parser.parse(open(tiny.onnx_path, "rb").read()) is not explicit_needed
+        flags = trt.NetworkDefinitionCreationFlag
+        if explicit_needed:
+            assert "EXPLICIT_BATCH NetworkDefinitionCreationFlag" in parser.get_error(0).desc()
+            assert parser.get_error(0).node() == -1
+        assert hasattr(flags, "EXPLICIT_BATCH") is (generation != "11")
+
+
+def test_dla_engine_needs_the_runtimes_dla_core(tmp_path, tiny):
+    """TensorRT 8+ leaves IRuntime's DLA core at -1: the agent sets it for a DLA engine."""
+    from agent.backends.cuda import CudaContext
+    with doubles("8.2", XAVIER) as trt:
+        backend = load(tiny, options(tmp_path, dla_core=1))
+        try:
+            assert backend._runtime.DLA_core == 1
+            out = backend.infer(np.zeros((1, 3, 32, 32), np.float32))["logits"]
+            assert out.shape == (1, 10)
+        finally:
+            backend.close()
+        with CudaContext(0):
+            runtime = trt.Runtime(trt.Logger())
+            assert runtime.DLA_core == -1
+            data = open(backend.engine_path, "rb").read()
+            assert runtime.deserialize_cuda_engine(data) is None
+            runtime.DLA_core = 0
+            assert runtime.deserialize_cuda_engine(data) is not None
+
+
+def test_gpu_name_and_compute_capability_come_from_cuda_without_nvml(monkeypatch):
+    """A Jetson has no NVML: the fingerprint asks the CUDA driver (pycuda)."""
+    from agent.fingerprint import gpu_info
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with doubles("8.2", TX2):
+        info = gpu_info()
+        assert info["name"] == "NVIDIA Tegra X2" and info["compute_capability"] == "6.2"
+        assert info["source"] == "cuda"
+        assert pycuda_double.Context.get_current() is None
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    assert gpu_info() == {}

@@ -199,3 +199,60 @@ def test_mypy_check_fails_on_binding_api_code(parseable_stubs, tmp_path):
                    "    return engine.num_bindings\n")
     errors = _mypy(parseable_stubs, str(bad), tmp_path)
     assert any('"ICudaEngine" has no attribute "num_bindings"' in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT 8.2 (JetPack 4.6) and 8.5 (JetPack 5.1): no stubs exist, so the surface is a list
+# written from NVIDIA/TensorRT's python/src at those tags (tests/trt_surface.py).
+# ---------------------------------------------------------------------------------------------
+import trt_surface  # noqa: E402
+
+_GENERATIONS = {"8.2": (trt_surface.SURFACE_82, trt_surface.MODULE_82, trt_surface.AGENT_USES_82),
+                "8.5": (trt_surface.SURFACE_85, trt_surface.MODULE_85, trt_surface.AGENT_USES_85)}
+
+
+@pytest.mark.parametrize("generation", sorted(_GENERATIONS))
+def test_8x_double_exposes_exactly_the_real_8x_surface(generation):
+    surface, module_names, _ = _GENERATIONS[generation]
+    with doubles(generation, NANO) as trt:
+        public = set(n for n in vars(trt) if not n.startswith("_") and n != "KNOBS")
+        classes = set(n for n in public if isinstance(getattr(trt, n), type))
+        assert classes == set(surface), "classes: extra {}, missing {}".format(
+            sorted(classes - set(surface)), sorted(set(surface) - classes))
+        assert public - classes == module_names
+        problems = []
+        for name in sorted(classes):
+            have = _double_surface(getattr(trt, name))
+            if have != surface[name]:
+                problems.append("{}: not in {} {}, missing {}".format(
+                    name, generation, sorted(have - surface[name]),
+                    sorted(surface[name] - have)))
+        assert not problems, problems
+
+
+def test_8x_surface_lists_hold_nothing_from_later_tensorrt():
+    s82, s85 = trt_surface.SURFACE_82, trt_surface.SURFACE_85
+    later = {"ICudaEngine": {"num_io_tensors", "get_tensor_name"},
+             "IExecutionContext": {"execute_async_v3", "set_tensor_address"},
+             "IBuilderConfig": {"set_memory_pool_limit", "progress_monitor"}}
+    for cls, names in later.items():
+        assert not names & s82[cls], cls
+    assert "MemoryPoolType" not in s82 and "TensorIOMode" not in s82
+    assert "IProgressMonitor" not in s85 and "INT64" not in s85["DataType"]
+    assert "TACTIC_DRAM" not in s85["MemoryPoolType"]
+
+
+@pytest.mark.parametrize("generation", sorted(_GENERATIONS))
+def test_what_the_agent_uses_is_in_the_8x_surface_and_in_its_code(generation):
+    surface, module_names, uses = _GENERATIONS[generation]
+    source = ""
+    for name in ("tensorrt.py", "trt_build.py", "trt_io.py"):
+        with open(os.path.join(ROOT, "agent", "backends", name)) as handle:
+            source += handle.read()
+    for cls, names in uses.items():
+        assert names <= surface[cls], (cls, sorted(names - surface[cls]))
+        for name in names:
+            used = ("." + name, '"{}"'.format(name), "def {}(".format(name))  # call, getattr, hook
+            assert any(u in source for u in used), "{}.{} is listed but the agent does not use " \
+                "it".format(cls, name)
+    assert trt_surface.AGENT_MODULE <= module_names

@@ -212,14 +212,20 @@ class TensorRTBackend(Backend):
         self.engine_path = cache.paths(key)[0]
 
         logger = make_logger(trt)
+        since = logger.mark()
         self._runtime = trt.Runtime(logger)
+        if options.dla_core is not None:
+            # A DLA engine runs on the core the runtime names; TensorRT 8+ leaves it at -1.
+            cores = int(getattr(self._runtime, "num_DLA_cores", 0) or 0)
+            if cores > int(options.dla_core):
+                self._runtime.DLA_core = int(options.dla_core)
         lookup = cache.lookup(fingerprint)
         fresh = None  # type: Any
         if lookup.hit:
             self._engine = self._runtime.deserialize_cuda_engine(lookup.data)
             if self._engine is None:
                 reason = "cached engine {} could not be deserialized ({}); rebuilding".format(
-                    lookup.engine_path, logger.recent_errors() or "no details")
+                    lookup.engine_path, logger.recent_errors(since=since) or "no details")
                 self._note(reason)
                 cache.evict(key)
             else:
@@ -247,12 +253,12 @@ class TensorRTBackend(Backend):
             if self._engine is None:
                 raise BackendError("TensorRT {} could not load the engine it just built for {} "
                                    "({})".format(self.trt_version, package.ref,
-                                                 logger.recent_errors() or "no details"))
+                                                 logger.recent_errors(since=since) or "no details"))
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BackendError("TensorRT could not create an execution context for {} (out of "
-                               "GPU memory? {})".format(package.ref,
-                                                        logger.recent_errors() or "no details"))
+                               "GPU memory? {})".format(
+                                   package.ref, logger.recent_errors(since=since) or "no details"))
         self._io = io_adapter(trt, self._engine, self._context)
         self.io_api = self._io.api
         self._allocate()

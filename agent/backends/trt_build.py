@@ -54,18 +54,39 @@ def trt_version(trt: Any) -> str:
     return str(getattr(trt, "__version__", "unknown"))
 
 
+_LOGGERS = {}  # type: Dict[int, Any]
+_LOGGERS_LOCK = threading.Lock()
+
+
 def make_logger(trt: Any) -> Any:
-    """A trt.ILogger that forwards to Python logging and remembers recent errors."""
+    """THE trt.ILogger of this process: forwards to Python logging, remembers recent errors.
+
+    One per process (per `tensorrt` module), because TensorRT before 8.4 keeps only the first
+    logger it is given and sends every later message there (NVIDIA/TensorRT#1475): a second
+    logger would never see its build's errors. Callers take `mark()` before their work and
+    read `recent_errors(since=mark)` after it.
+    """
+    with _LOGGERS_LOCK:
+        held = _LOGGERS.get(id(trt))
+        if held is not None and held[0] is trt:
+            return held[1]
 
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors = []  # type: List[str]
+            self.count = 0  # errors ever logged
+            self._lock = threading.Lock()
+
+        def mark(self) -> int:
+            return self.count
 
         def log(self, severity: Any, msg: str) -> None:
             if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                self.errors.append(str(msg))
-                del self.errors[:-20]
+                with self._lock:
+                    self.errors.append(str(msg))
+                    self.count += 1
+                    del self.errors[:-20]
                 log.error("TensorRT: %s", msg)
             elif severity == trt.ILogger.WARNING:
                 log.warning("TensorRT: %s", msg)
@@ -74,10 +95,35 @@ def make_logger(trt: Any) -> Any:
             else:
                 log.debug("TensorRT: %s", msg)
 
-        def recent_errors(self, n: int = 3) -> str:
-            return " | ".join(self.errors[-n:])
+        def recent_errors(self, n: int = 3, since: int = 0) -> str:
+            with self._lock:
+                fresh = min(len(self.errors), max(0, self.count - since))
+                errors = self.errors[len(self.errors) - fresh:] if fresh else []
+            return " | ".join(errors[-n:])
 
-    return _Logger()
+    logger = _Logger()
+    with _LOGGERS_LOCK:
+        held = _LOGGERS.get(id(trt))
+        if held is not None and held[0] is trt:
+            return held[1]
+        _LOGGERS[id(trt)] = (trt, logger)
+    return logger
+
+
+_PLUGINS_READY = {}  # type: Dict[int, Any]
+
+
+def init_plugins(trt: Any, logger: Any) -> None:
+    """Register TensorRT's bundled plugins once per process, before parsing: the 8.x ONNX
+    parser imports NonMaxSuppression (and others) as plugins from that registry."""
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    if init is None:
+        return
+    with _LOGGERS_LOCK:
+        if _PLUGINS_READY.get(id(trt)) is trt:
+            return
+        _PLUGINS_READY[id(trt)] = trt
+    init(logger, "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +349,8 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
     except ValueError:
         major, minor = 99, 0
     gen82 = (major, minor) < (8, 4)      # the JetPack 4.6 generation (8.0 / 8.2)
-    before85 = (major, minor) < (8, 5)   # before INMSLayer, UINT8 I/O, dynamic Pad
+    before80 = major < 8                  # no ONNX NonMaxSuppression at all
+    before85 = (major, minor) < (8, 5)   # before UINT8 I/O, dynamic Pad
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             report.opset = int(opset.version)
@@ -344,9 +391,12 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
     if gen82 and "HardSwish" in report.operators:
         report.problems.append("operator HardSwish is not supported by {}: export it as "
                                "x * HardSigmoid(x) (opset 13) or upgrade TensorRT".format(where))
-    if before85 and "NonMaxSuppression" in report.operators:
+    if before80 and "NonMaxSuppression" in report.operators:
         report.problems.append("operator NonMaxSuppression is not supported by {}: remove it "
                                "from the graph and do NMS after inference".format(where))
+    elif before85 and "NonMaxSuppression" in report.operators:
+        report.notes.append("operator NonMaxSuppression is experimental in {} (a plugin, "
+                            "EfficientNMS_ONNX_TRT); check its outputs".format(where))
     if compute_capability == "5.3" and "ArgMax" in report.operators:
         report.problems.append("operator ArgMax fails on the Jetson Nano (SM 5.3) with {}: "
                                "remove it and take the argmax after inference".format(where))
@@ -648,6 +698,8 @@ def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 25
 
     _report(progress, "parsing", 0.05, "parsing {}".format(os.path.basename(onnx_path)))
     logger = make_logger(trt)
+    since = logger.mark()
+    init_plugins(trt, logger)
     builder = trt.Builder(logger)
     flags = 0
     creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
@@ -663,7 +715,8 @@ def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 25
             err = parser.get_error(i)
             errors.append("node {}: {}".format(err.node(), err.desc()))
         raise BackendError("TensorRT {} could not parse {}: {}".format(
-            version, onnx_path, "; ".join(errors) or logger.recent_errors() or "no details"))
+            version, onnx_path,
+            "; ".join(errors) or logger.recent_errors(since=since) or "no details"))
 
     config = builder.create_builder_config()
     workspace = int(workspace_mb) << 20
@@ -761,7 +814,7 @@ def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 25
             "TensorRT {} could not build a {} engine for {} (workspace {} MiB): {}; try a larger "
             "backend.workspace_mb or precision fp32".format(
                 version, built, os.path.basename(onnx_path), workspace_mb,
-                logger.recent_errors() or "the builder returned no engine"))
+                logger.recent_errors(since=since) or "the builder returned no engine"))
 
     _report(progress, "serializing", 0.95, "serializing engine")
     data = bytes(serialized)

@@ -7,6 +7,18 @@ calling thread's current context, `Context.get_current()` returning None when no
 `free()`, `memcpy_htod_async/dtoh_async(dst, src, stream)`, `Stream().handle/synchronize()`.
 CUDA's rule that a context is current per THREAD is enforced: any memory operation without a
 current context raises LogicError("... invalid device context") as the real driver would.
+`init()` must come first: before it every driver call raises LogicError("<cuCall> failed:
+initialization error"), the text pycuda builds from CUDA_ERROR_NOT_INITIALIZED (pycuda
+src/cpp/cuda.hpp `error::make_message` + cuGetErrorString; wrap_cudadrv.cpp maps that code to
+LogicError). cuInit is per process, so init() once is enough for every thread.
+
+Streams are asynchronous as on a GPU: `memcpy_htod_async`, `memcpy_dtoh_async`, kernel launches
+and TensorRT executions (through `enqueue`) are queued and run only when the host waits:
+`stream.synchronize()` (that stream's queue, with default-stream work queued before it),
+`Context.synchronize()` or a synchronous copy (everything queued: the legacy default stream
+waits for blocking streams). Until then an output host buffer keeps what it held before; new
+pinned and device memory is filled with 0xFF bytes (NaN as float32) because real allocations
+are uninitialised. So code that reads results without synchronising gets garbage here too.
 Device memory is host bytes addressed by fake pointers, so a TensorRT double can read and
 write it. Counters let tests check push/pop balance and frees-while-current.
 
@@ -60,8 +72,17 @@ DEVICES = [{"name": "NVIDIA Tegra X1", "cc": (5, 3), "memory": 4 << 30}]
 
 _local = threading.local()
 _memory = {}  # type: Dict[int, bytearray]
-_lock = threading.Lock()
+_lock = threading.RLock()
 _next_ptr = itertools.count(0x7F0000000000, 1 << 20)
+_state = {"initialized": False}
+# Work queued on streams and not yet run: (stream handle, callable), in submission order.
+_pending = []  # type: List[Any]
+GARBAGE = 0xFF  # uninitialised memory: 0xFFFFFFFF is a NaN as float32
+
+
+def _require_init(what: str) -> None:
+    if not _state["initialized"]:
+        raise LogicError("{} failed: initialization error".format(what))
 
 
 def _stack() -> List["Context"]:
@@ -72,6 +93,7 @@ def _stack() -> List["Context"]:
 
 
 def _require_context(what: str) -> "Context":
+    _require_init(what)
     stack = _stack()
     if not stack:
         raise LogicError("{} failed: invalid device context".format(what))
@@ -80,28 +102,40 @@ def _require_context(what: str) -> "Context":
 
 def init(flags: int = 0) -> None:
     STATS.init_calls += 1
+    _state["initialized"] = True
+
+
+def runtime_api_init() -> None:
+    """What the CUDA runtime does on its first call (TensorRT uses it): cuInit, uncounted."""
+    _state["initialized"] = True
 
 
 class Device(object):
     def __init__(self, number: int) -> None:
+        _require_init("cuDeviceGet")
         if number >= len(DEVICES):
             raise LogicError("cuDeviceGet failed: invalid device ordinal")
         self.number = number
 
     @staticmethod
     def count() -> int:
+        _require_init("cuDeviceGetCount")
         return len(DEVICES)
 
     def name(self) -> str:
+        _require_init("cuDeviceGetName")
         return DEVICES[self.number]["name"]
 
     def compute_capability(self):
+        _require_init("cuDeviceComputeCapability")
         return DEVICES[self.number]["cc"]
 
     def total_memory(self) -> int:
+        _require_init("cuDeviceTotalMem")
         return DEVICES[self.number]["memory"]
 
     def retain_primary_context(self) -> "Context":
+        _require_init("cuDevicePrimaryCtxRetain")
         STATS.retains += 1
         return Context(self)
 
@@ -138,6 +172,7 @@ class Context(object):
     @staticmethod
     def synchronize() -> None:
         _require_context("cuCtxSynchronize")
+        _run_pending(None)
 
 
 class DeviceAllocation(object):
@@ -145,7 +180,7 @@ class DeviceAllocation(object):
         self.nbytes = nbytes
         with _lock:
             self.ptr = next(_next_ptr)
-            _memory[self.ptr] = bytearray(nbytes)
+            _memory[self.ptr] = bytearray([GARBAGE]) * nbytes
         self.freed = False
 
     def __int__(self) -> int:
@@ -158,6 +193,7 @@ class DeviceAllocation(object):
             return
         if Context.get_current() is None:
             STATS.frees_without_context += 1
+        _run_pending(None)  # cuMemFree waits for queued work, as cudaFree does
         STATS.frees += 1
         with _lock:
             _memory.pop(self.ptr, None)
@@ -174,13 +210,14 @@ class HostAllocation(object):
     """The `.base` of a pagelocked array (pycuda: pagelocked_host_allocation)."""
 
     def __init__(self, nbytes: int) -> None:
-        self.buffer = bytearray(max(1, nbytes))
+        self.buffer = bytearray([GARBAGE]) * max(1, nbytes)
         self.freed = False
 
     def free(self) -> None:
         if not self.freed:
             if Context.get_current() is None:
                 STATS.frees_without_context += 1
+            _run_pending(None)  # cuMemFreeHost waits for queued work
             STATS.host_frees += 1
             self.freed = True
 
@@ -224,6 +261,54 @@ class Stream(object):
 
     def synchronize(self) -> None:
         _require_context("cuStreamSynchronize")
+        _run_pending(self.handle)
+
+    def is_done(self) -> bool:
+        _require_context("cuStreamQuery")
+        with _lock:
+            return not any(h == self.handle for h, _ in _pending)
+
+
+def _handle(stream: Any) -> int:
+    if stream is None:
+        return 0
+    return int(getattr(stream, "handle", stream))
+
+
+def enqueue(stream: Any, work: Callable[[], None]) -> None:
+    """Queue `work` on `stream` (a Stream, a handle, or None/0 for the default stream).
+
+    It runs when the host synchronises (see the module docstring); the TensorRT double uses
+    this for execute_async_v2/v3.
+    """
+    with _lock:
+        _pending.append((_handle(stream), work))
+
+
+def pending_operations() -> int:
+    with _lock:
+        return len(_pending)
+
+
+def _run_pending(handle: Optional[int]) -> None:
+    """Run queued work: all of it (handle None), or stream `handle`'s items together with the
+    default-stream (0) items queued before its last one (streams are independent otherwise).
+
+    The work runs outside the lock, so threads with their own streams do not wait for each
+    other (the agent's model manager validates while the inference thread serves).
+    """
+    with _lock:
+        if handle is None:
+            todo = list(_pending)
+            del _pending[:]
+        else:
+            last = max([i for i, (h, _) in enumerate(_pending) if h == handle] or [-1])
+            todo = [item for i, item in enumerate(_pending)
+                    if i <= last and item[0] in (handle, 0)]
+            _pending[:] = [item for i, item in enumerate(_pending)
+                           if not (i <= last and item[0] in (handle, 0))]
+    for _, work in todo:
+        work()
 
 
 def _find(ptr: int, nbytes: int) -> memoryview:
@@ -249,25 +334,45 @@ def _host_bytes(array: Any) -> memoryview:
 
 
 def memcpy_htod_async(dest: Any, src: Any, stream: Any = None) -> None:
+    """Queued: the host memory is read when the copy runs, not now (as with pinned memory)."""
     _require_context("cuMemcpyHtoDAsync")
     STATS.copies += 1
-    data = _host_bytes(src)
-    device_write(int(dest), data)
+    address = int(dest)
+    _find(address, np.asarray(src).nbytes)  # a bad pointer fails at the call, as in CUDA
+
+    def copy() -> None:
+        device_write(address, _host_bytes(src))
+
+    enqueue(stream, copy)
 
 
 def memcpy_htod(dest: Any, src: Any) -> None:
-    memcpy_htod_async(dest, src)
+    _require_context("cuMemcpyHtoD")
+    _run_pending(None)
+    STATS.copies += 1
+    device_write(int(dest), _host_bytes(src))
 
 
 def memcpy_dtoh_async(dest: np.ndarray, src: Any, stream: Any = None) -> None:
+    """Queued: `dest` keeps its old contents until the stream is synchronised."""
     _require_context("cuMemcpyDtoHAsync")
     STATS.copies += 1
-    raw = device_read(int(src), dest.nbytes)
-    dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
+    address = int(src)
+    _find(address, dest.nbytes)
+
+    def copy() -> None:
+        raw = device_read(address, dest.nbytes)
+        dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
+
+    enqueue(stream, copy)
 
 
 def memcpy_dtoh(dest: np.ndarray, src: Any) -> None:
-    memcpy_dtoh_async(dest, src)
+    _require_context("cuMemcpyDtoH")
+    _run_pending(None)
+    STATS.copies += 1
+    raw = device_read(int(src), dest.nbytes)
+    dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
 
 
 class Function(object):
@@ -285,7 +390,8 @@ class Function(object):
             raise LogicError("prepared_async_call: {} args for signature {!r}".format(
                 len(args), self.arg_types))
         STATS.launches += 1
-        KERNELS[self.name](args, block, grid)
+        kernel = KERNELS[self.name]
+        enqueue(stream, lambda: kernel(args, block, grid))
 
 
 class SourceModule(object):
@@ -309,6 +415,8 @@ def install(devices: Optional[List[Dict[str, Any]]] = None) -> types.ModuleType:
     STATS = Stats()
     KERNELS.clear()
     _memory.clear()
+    del _pending[:]
+    _state["initialized"] = False
     _local.__dict__.clear()
     DEVICES[:] = devices or [{"name": "NVIDIA Tegra X1", "cc": (5, 3), "memory": 4 << 30}]
     this = sys.modules[__name__]

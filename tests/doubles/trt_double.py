@@ -6,9 +6,22 @@ docs/PLATFORM.md section 2 (and section 3 for the CUDA side) and in NVIDIA/Tenso
 `build_serialized_network`; 8.5+/10.x: tensor API `num_io_tensors`/`set_tensor_address`/
 `execute_async_v3`, `set_memory_pool_limit`, `IProgressMonitor`, no binding API, no
 `build_engine`) and `pyOnnx.cpp`/`pyInt8.cpp` (OnnxParser errors, IInt8EntropyCalibrator2).
-`make_module("8.2" | "10.3" | "11")` returns a `tensorrt` module of that generation; "11" has no
+`make_module("8.2" | "8.5" | "10.3" | "11")` returns a `tensorrt` module of that generation;
+"8.5" (JetPack 5.1) has both I/O APIs and both workspace APIs, as 8.5 really has; "11" has no
 FP16/INT8 builder flags, no EXPLICIT_BATCH, no `platform_has_fast_*` and no calibrators.
-The 10.x surface is checked against the `tensorrt-stubs` package by tests/test_trt_stubs.py.
+The 10.x surface is checked against the `tensorrt-stubs` package, the 8.2 and 8.5 surfaces
+against lists written from NVIDIA/TensorRT's python/src at tags 8.2.1 and 8.5.3
+(tests/trt_surface.py), by tests/test_trt_stubs.py.
+
+Strictness, as the real libraries: on 8.x the ONNX parser refuses a network created without
+EXPLICIT_BATCH (onnx-tensorrt's importModel assertion text); 10.x ignores the flag; 11 has
+none. Before 8.4 only the first logger of the process receives messages (#1475). 8.2 imports
+NonMaxSuppression as a plugin, so parsing it needs `init_libnvinfer_plugins` first (stricter
+than a parser built with ENABLE_STD_PLUGIN, which registers them itself). Deserialising and
+creating an execution context need a current CUDA context (stricter than the runtime API, which
+would fall back to the primary context: the agent's contract is that TensorRT objects live in
+the context it pushed); a DLA engine needs `runtime.DLA_core` set (8.x defaults it to -1).
+Executions are queued on the stream (pycuda double) and run when it is synchronised.
 
 What is NOT real: no kernels are chosen or timed. The "engine" is a header (TensorRT version,
 GPU, precision, I/O shapes, profile) plus the ONNX bytes; executing it runs the real ONNX file
@@ -34,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 MAGIC = b"TRT-DOUBLE-PLAN\n"
-VERSIONS = {"8.2": "8.2.1.8", "10.3": "10.3.0.26", "11": "11.0.0.9"}
+VERSIONS = {"8.2": "8.2.1.8", "8.5": "8.5.2.2", "10.3": "10.3.0.26", "11": "11.0.0.9"}
 
 
 class Knobs(object):
@@ -78,6 +91,34 @@ def _driver() -> Any:
 
 def _context_current() -> bool:
     return _driver().Context.get_current() is not None
+
+
+def _gpu(trt: Any) -> Dict[str, Any]:
+    """GPU facts of device 0, read on first use as TensorRT does (through the CUDA runtime,
+    which calls cuInit itself: so building or loading never needs pycuda's init() first)."""
+    if trt._gpu is None:
+        drv = _driver()
+        if hasattr(drv, "runtime_api_init"):
+            drv.runtime_api_init()
+        else:
+            drv.init()
+        dev = drv.Device(0)
+        trt._gpu = gpu_facts(dev.name(), dev.compute_capability())
+    return trt._gpu
+
+
+def _log_sink(trt: Any, logger: Any) -> Any:
+    """Where TensorRT sends messages for an object made with `logger`.
+
+    TensorRT before 8.4 keeps the FIRST logger of the process and ignores later ones
+    (NVIDIA/TensorRT#1475): a second Builder's errors go to the first logger. 8.4+ routes
+    each object's messages to its own logger.
+    """
+    if trt._first_logger_only:
+        if trt._first_logger is None:
+            trt._first_logger = logger
+        return trt._first_logger
+    return logger
 
 
 def _mem_read(ptr: int, nbytes: int) -> bytes:
@@ -260,6 +301,9 @@ class INetworkDefinition(object):
     def __init__(self, trt: Any, flags: int) -> None:
         self._trt = trt
         self._flags = flags
+        # 8.x: without the EXPLICIT_BATCH bit a network has an implicit batch dimension.
+        # 10.x: the flag is ignored (always explicit); 11 has no such flag.
+        self._implicit_batch = trt._generation in ("8.2", "8.5") and not (int(flags) & 1)
         self._inputs = []  # type: List[ITensor]
         self._outputs = []  # type: List[ITensor]
         self._onnx = None  # type: Optional[bytes]
@@ -280,9 +324,12 @@ class INetworkDefinition(object):
 
 
 class ParserError(object):
-    def __init__(self, desc: str, node: int = -1) -> None:
+    def __init__(self, desc: str, node: int = -1, func: str = "parse",
+                 code_name: str = "UNSUPPORTED_NODE") -> None:
         self._desc = desc
         self._node = node
+        self._func = func
+        self._code_name = code_name
 
     def desc(self) -> str:
         return self._desc
@@ -294,7 +341,8 @@ class ParserError(object):
         return 8  # UNSUPPORTED_NODE / INVALID_GRAPH in the real enum; not interpreted here
 
     def __str__(self) -> str:
-        return "In node {} : {}".format(self._node, self._desc)
+        return "In node {} ({}): {}: {}".format(self._node, self._func, self._code_name,
+                                                self._desc)
 
 
 _ELEM = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "HALF"}
@@ -304,7 +352,7 @@ class OnnxParser(object):
     def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
         _base_initialized(logger, "ILogger")
         self._network = network
-        self._logger = logger
+        self._logger = _log_sink(network._trt, logger)
         self._errors = []  # type: List[ParserError]
 
     @property
@@ -320,6 +368,15 @@ class OnnxParser(object):
     def parse(self, model: bytes, path: Optional[str] = None) -> bool:
         import onnx
         trt = self._network._trt
+        if self._network._implicit_batch:
+            # onnx-tensorrt (8.x) ModelImporter::importModel asserts this before anything else.
+            self._errors.append(ParserError(
+                "Assertion failed: !_importer_ctx.network()->hasImplicitBatchDimension() && "
+                "\"This version of the ONNX parser only supports TensorRT INetworkDefinitions "
+                "with an explicit batch dimension. Please ensure the network was created using "
+                "the EXPLICIT_BATCH NetworkDefinitionCreationFlag.\"", -1, "importModel",
+                "INVALID_VALUE"))
+            return False
         try:
             proto = onnx.load_from_string(bytes(model))
         except Exception as exc:
@@ -334,6 +391,14 @@ class OnnxParser(object):
             if node.op_type in trt._unsupported_ops:
                 self._errors.append(ParserError(
                     "No importer registered for op: {}".format(node.op_type), index))
+            elif node.op_type in trt._plugin_ops and not trt._plugins_initialized:
+                # 8.2 imports NonMaxSuppression as the EfficientNMS_ONNX_TRT plugin: its creator
+                # is in the registry only after init_libnvinfer_plugins (onnx-tensorrt 8.2
+                # builtin_op_importers.cpp / importPluginCreator).
+                self._errors.append(ParserError(
+                    "Assertion failed: creator && \"Plugin not found, are the plugin name, "
+                    "version, and namespace correct?\"", index, node.op_type,
+                    "UNSUPPORTED_NODE"))
         if self._errors:
             return False
         inits = set(t.name for t in proto.graph.initializer)
@@ -443,6 +508,8 @@ class _ConfigPools(object):
     def get_memory_pool_limit(self, pool: Any) -> int:
         return self._workspace or 0  # type: ignore[attr-defined]
 
+
+class _ConfigProgress(object):
     @property
     def progress_monitor(self) -> Any:
         return getattr(self, "_monitor", None)
@@ -459,6 +526,8 @@ class _BuilderCore(object):
         _base_initialized(logger, "ILogger")
         self.logger = logger
         self._trt = _THIS_MODULE_BY_CLASS[type(self)]
+        self._sink = _log_sink(self._trt, logger)
+        _gpu(self._trt)  # the CUDA runtime initialises here
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
         return INetworkDefinition(self._trt, flags)
@@ -471,10 +540,10 @@ class _BuilderCore(object):
 
     @property
     def num_DLA_cores(self) -> int:
-        return self._trt._gpu["dla_cores"]
+        return _gpu(self._trt)["dla_cores"]
 
     def _error(self, msg: str) -> None:
-        self.logger.log(ILogger.ERROR, msg)
+        self._sink.log(ILogger.ERROR, msg)
 
     def build_serialized_network(self, network: INetworkDefinition, config: Any) -> Any:
         trt = self._trt
@@ -515,9 +584,9 @@ class _BuilderCore(object):
             precision = "fp16"
         ranges = {}  # type: Dict[str, float]
         if hasattr(flags, "INT8") and config.get_flag(flags.INT8):
-            if not trt._gpu["fast_int8"]:
+            if not _gpu(trt)["fast_int8"]:
                 self._error("INT8 is not supported on this platform ({} SM {}.{})".format(
-                    trt._gpu["name"], *trt._gpu["cc"]))
+                    _gpu(trt)["name"], *_gpu(trt)["cc"]))
                 return None
             calibrator = config._calibrator
             if calibrator is None:
@@ -528,16 +597,16 @@ class _BuilderCore(object):
                 return None
             precision = "int8"
         if config.default_device_type == trt.DeviceType.DLA:
-            if not 0 <= config.DLA_core < trt._gpu["dla_cores"]:
+            if not 0 <= config.DLA_core < _gpu(trt)["dla_cores"]:
                 self._error("DLA core {} requested but the device has {} DLA cores".format(
-                    config.DLA_core, trt._gpu["dla_cores"]))
+                    config.DLA_core, _gpu(trt)["dla_cores"]))
                 return None
         if monitor is not None:
             monitor.step_complete("Building engine", 0)
         import hashlib
         onnx_digest = hashlib.sha256(network._onnx).hexdigest()[:16]
         if config._timing is not None:
-            entry = "{}:{}:{}".format(onnx_digest, precision, trt._gpu["name"])
+            entry = "{}:{}:{}".format(onnx_digest, precision, _gpu(trt)["name"])
             if entry in config._timing._entries:
                 knobs.timing_cache_hits += 1
             else:
@@ -545,7 +614,7 @@ class _BuilderCore(object):
         if monitor is not None:
             monitor.step_complete("Building engine", 1)
         header = {
-            "version": trt.__version__, "gpu": trt._gpu["name"], "cc": list(trt._gpu["cc"]),
+            "version": trt.__version__, "gpu": _gpu(trt)["name"], "cc": list(_gpu(trt)["cc"]),
             "precision": precision, "ranges": ranges,
             "inputs": [[t.name, list(t.shape), t.dtype.name] for t in network._inputs],
             "outputs": [t.name for t in network._outputs],
@@ -599,11 +668,11 @@ class _BuilderCore(object):
 class _BuilderPlatform(object):
     @property
     def platform_has_fast_fp16(self) -> bool:
-        return self._trt._gpu["fast_fp16"]  # type: ignore[attr-defined]
+        return _gpu(self._trt)["fast_fp16"]  # type: ignore[attr-defined]
 
     @property
     def platform_has_fast_int8(self) -> bool:
-        return self._trt._gpu["fast_int8"]  # type: ignore[attr-defined]
+        return _gpu(self._trt)["fast_int8"]  # type: ignore[attr-defined]
 
 
 class _BuilderLegacy(object):
@@ -612,6 +681,8 @@ class _BuilderLegacy(object):
         if plan is None:
             return None
         runtime = self._trt.Runtime(self.logger)  # type: ignore[attr-defined]
+        if config.default_device_type == self._trt.DeviceType.DLA:  # type: ignore[attr-defined]
+            runtime.DLA_core = config.DLA_core
         return runtime.deserialize_cuda_engine(plan)
 
 
@@ -660,6 +731,11 @@ class _EngineCore(object):
                            self._plan.onnx)
 
     def create_execution_context(self) -> Any:
+        if not _context_current():
+            self._logger.log(ILogger.ERROR, "1: [executionContext.cpp] Error Code 1: Cuda "
+                             "Runtime (invalid device context): no CUDA context is current in "
+                             "this thread")
+            return None
         return self._trt.IExecutionContext(self._trt, self)
 
     # helpers shared by both APIs
@@ -812,7 +888,7 @@ class _ContextCore(object):
         return self._engine._engine_shape(name)
 
     def _run(self, stream_handle: int) -> bool:
-        trt, plan = self._trt, self._engine._plan
+        plan = self._engine._plan
         if not _context_current():
             self._error("Cuda Runtime (invalid device context): no CUDA context is current in "
                         "this thread")
@@ -825,11 +901,28 @@ class _ContextCore(object):
             if not self._addresses.get(name):
                 self._error("Address is not set for tensor {!r}".format(name))
                 return False
+        addresses = dict(self._addresses)
+        shapes = dict(self._shapes)
+        profiler = self._profiler
+        drv = _driver()
+
+        def work() -> None:
+            self._compute(addresses, shapes, profiler)
+
+        if hasattr(drv, "enqueue"):  # the pycuda double: runs when the stream is synchronised
+            drv.enqueue(int(stream_handle), work)
+        else:  # real pycuda: _mem_read synchronises the context first
+            work()
+        return True
+
+    def _compute(self, addresses: Dict[str, int], shapes: Dict[str, Tuple[int, ...]],
+                 profiler: Any) -> None:
+        trt, plan = self._trt, self._engine._plan
         precision = plan.header["precision"]
         feeds = {}
         for name, _, _ in plan.inputs:
-            shape = self._shapes[name]
-            raw = _mem_read(self._addresses[name], int(np.prod(shape)) * 4)
+            shape = shapes[name]
+            raw = _mem_read(addresses[name], int(np.prod(shape)) * 4)
             x = np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
             if precision == "int8":
                 scale = max(plan.header["ranges"].get(name, 1.0), 1e-8) / 127.0
@@ -844,12 +937,11 @@ class _ContextCore(object):
                 value = value.astype(np.float16).astype(np.float32)
             if precision in trt.KNOBS.corrupt_outputs or "any" in trt.KNOBS.corrupt_outputs:
                 value = np.ascontiguousarray(value[..., ::-1])
-            _mem_write(self._addresses[name], value.tobytes())
+            _mem_write(addresses[name], value.tobytes())
         trt.KNOBS.executions += 1
-        if self._profiler is not None:
+        if profiler is not None:
             for index, layer in enumerate(plan.layers):
-                self._profiler.report_layer_time(layer, 0.01 * (1 + index % 7))
-        return True
+                profiler.report_layer_time(layer, 0.01 * (1 + index % 7))
 
 
 class _ContextBindingAPI(object):
@@ -912,17 +1004,33 @@ class _RuntimeCore(object):
         _base_initialized(logger, "ILogger")
         self.logger = logger
         self._trt = _THIS_MODULE_BY_CLASS[type(self)]
+        self._sink = _log_sink(self._trt, logger)
+        self._dla_core = -1  # TensorRT 8+: -1 until set ("not specified")
+        _gpu(self._trt)  # the CUDA runtime initialises here
 
     @property
     def num_DLA_cores(self) -> int:
-        return self._trt._gpu["dla_cores"]
+        return _gpu(self._trt)["dla_cores"]
+
+    @property
+    def DLA_core(self) -> int:
+        return self._dla_core
+
+    @DLA_core.setter
+    def DLA_core(self, core: int) -> None:
+        self._dla_core = int(core)
 
     def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
         trt = self._trt
         data = bytes(serialized_engine)
         trt.KNOBS.deserializations += 1
+        if not _context_current():
+            self._sink.log(ILogger.ERROR, "1: [runtime.cpp::deserializeCudaEngine] Error Code "
+                           "1: Cuda Runtime (invalid device context): no CUDA context is "
+                           "current in this thread")
+            return None
         if not data.startswith(MAGIC):
-            self.logger.log(ILogger.ERROR, "1: [stdArchiveReader.cpp::StdArchiveReader::32] Error "
+            self._sink.log(ILogger.ERROR, "1: [stdArchiveReader.cpp::StdArchiveReader::32] Error "
                             "Code 1: Serialization (Serialization assertion magicTagRead == "
                             "kMAGIC_TAG failed.Magic tag does not match)")
             return None
@@ -930,24 +1038,46 @@ class _RuntimeCore(object):
         try:
             header = json.loads(head.decode("utf-8"))
         except ValueError:
-            self.logger.log(ILogger.ERROR, "Serialization: corrupt plan header")
+            self._sink.log(ILogger.ERROR, "Serialization: corrupt plan header")
             return None
         if header["version"] != trt.__version__:
-            self.logger.log(ILogger.ERROR, "The engine plan file is not compatible with this "
+            self._sink.log(ILogger.ERROR, "The engine plan file is not compatible with this "
                             "version of TensorRT, expecting library version {} got {}, please "
                             "rebuild.".format(trt.__version__, header["version"]))
             return None
-        if header["gpu"] != trt._gpu["name"] or tuple(header["cc"]) != tuple(trt._gpu["cc"]):
-            self.logger.log(ILogger.ERROR, "The engine plan file is generated on an incompatible "
+        if header["gpu"] != _gpu(trt)["name"] or tuple(header["cc"]) != tuple(_gpu(trt)["cc"]):
+            self._sink.log(ILogger.ERROR, "The engine plan file is generated on an incompatible "
                             "device ({} SM {}), expecting {}".format(
-                                header["gpu"], header["cc"], trt._gpu["name"]))
+                                header["gpu"], header["cc"], _gpu(trt)["name"]))
             return None
+        if header.get("dla_core") is not None:
+            cores = _gpu(trt)["dla_cores"]
+            if not 0 <= self._dla_core < cores:
+                # UNCONFIRMED text; the rule is TensorRT's: a DLA engine runs on the core the
+                # runtime names (IRuntime::setDLACore), and 8.x defaults that to -1.
+                self._sink.log(ILogger.ERROR, "1: [dlaUtils.cpp] Error Code 1: DLA (the engine "
+                               "uses DLA but the runtime's DLA core is {}; this device has {} "
+                               "DLA core(s): set IRuntime::setDLACore)".format(
+                                   self._dla_core, cores))
+                return None
         try:
             plan = _Plan(header, onnx_bytes)
         except Exception as exc:
-            self.logger.log(ILogger.ERROR, "Deserialization failed: {}".format(exc))
+            self._sink.log(ILogger.ERROR, "Deserialization failed: {}".format(exc))
             return None
-        return trt.ICudaEngine(trt, plan, self.logger)
+        engine = trt.ICudaEngine(trt, plan, self._sink)
+        engine._dla_core = self._dla_core if header.get("dla_core") is not None else None
+        return engine
+
+
+def _init_plugins_for(module: Any) -> Any:
+    def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+        """Registers the bundled plugin creators (EfficientNMS_ONNX_TRT among them)."""
+        if not isinstance(namespace, str):
+            raise TypeError("init_libnvinfer_plugins(): namespace must be a str")
+        module._plugins_initialized = True
+        return True
+    return init_libnvinfer_plugins
 
 
 def _nptype(trt_type: Any) -> Any:
@@ -979,59 +1109,69 @@ def gpu_facts(name: str, cc: Tuple[int, int]) -> Dict[str, Any]:
 
 
 def make_module(generation: str = "10.3", gpu: Optional[Dict[str, Any]] = None) -> Any:
-    """A `tensorrt` module of one API generation ("8.2", "10.3" or "11")."""
+    """A `tensorrt` module of one API generation ("8.2", "8.5", "10.3" or "11")."""
     if generation not in VERSIONS:
         raise ValueError("generation must be one of {}".format(", ".join(VERSIONS)))
-    if gpu is None:
-        drv = _driver()
-        dev = drv.Device(0)
-        gpu = gpu_facts(dev.name(), dev.compute_capability())
     module = types.ModuleType("tensorrt")
     module.__doc__ = "TensorRT {} TEST DOUBLE (tests/doubles/trt_double.py)".format(generation)
     module.__version__ = VERSIONS[generation]  # type: ignore[attr-defined]
-    module._gpu = gpu  # type: ignore[attr-defined]
+    module._gpu = gpu  # type: ignore[attr-defined]  # None: read from device 0 on first use
+    module._first_logger = None  # type: ignore[attr-defined]
+    module._first_logger_only = generation == "8.2"  # type: ignore[attr-defined]  # < 8.4
+    module._plugins_initialized = False  # type: ignore[attr-defined]
+    module._plugin_ops = {"NonMaxSuppression"} if generation == "8.2" \
+        else set()  # type: ignore[attr-defined]  # 8.5+ has INMSLayer
     module.KNOBS = KNOBS  # type: ignore[attr-defined]
     module._generation = generation  # type: ignore[attr-defined]
     old = generation == "8.2"
+    v85 = generation == "8.5"  # JetPack 5.1: both I/O APIs, both workspace APIs
+    v8 = old or v85
     v11 = generation == "11"
-    module._max_opset = 13 if old else 21  # type: ignore[attr-defined]
-    module._unsupported_ops = {"HardSwish", "NonMaxSuppression"} if old \
-        else set()  # type: ignore[attr-defined]
+    module._max_opset = 13 if old else 17 if v85 else 21  # type: ignore[attr-defined]
+    module._unsupported_ops = {"HardSwish"} if old else set()  # type: ignore[attr-defined]
 
     flag_names = ["FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
                   "SPARSE_WEIGHTS"]
     if v11:
         flag_names = [f for f in flag_names if f not in ("FP16", "INT8")]
-    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL"] + ([] if old else ["UINT8", "INT64"])
+    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL"] + \
+        ([] if old else ["UINT8"] if v85 else ["UINT8", "INT64"])
     ns = {
         "BuilderFlag": _enum("BuilderFlag", flag_names),
         "DataType": _enum("DataType", dtypes),
         "DeviceType": _enum("DeviceType", ["GPU", "DLA"]),
         "NetworkDefinitionCreationFlag": _enum(
-            "NetworkDefinitionCreationFlag", [] if v11 else ["EXPLICIT_BATCH"]),
+            "NetworkDefinitionCreationFlag",
+            [] if v11 else ["EXPLICIT_BATCH", "EXPLICIT_PRECISION"] if v8
+            else ["EXPLICIT_BATCH", "STRONGLY_TYPED"]),
         "Dims": Dims, "IHostMemory": IHostMemory, "ITimingCache": ITimingCache,
         "ILogger": ILogger, "Logger": Logger, "IProfiler": IProfiler,
         "INetworkDefinition": INetworkDefinition, "ITensor": ITensor,
         "OnnxParser": OnnxParser, "ParserError": ParserError,
         "IOptimizationProfile": IOptimizationProfile,
         "nptype": _nptype, "volume": _volume,
+        "init_libnvinfer_plugins": _init_plugins_for(module),
     }
     if not old:
         ns["MemoryPoolType"] = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
-                                                        "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM",
-                                                        "TACTIC_DRAM"])
+                                                        "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM"] +
+                                     ([] if v85 else ["TACTIC_DRAM"]))
         ns["TensorIOMode"] = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    if not v8:
         ns["IProgressMonitor"] = IProgressMonitor
     if not v11:
         ns["IInt8Calibrator"] = IInt8Calibrator
         ns["IInt8EntropyCalibrator2"] = IInt8EntropyCalibrator2
 
     config_bases = [_ConfigCore] + ([] if v11 else [_ConfigInt8]) + \
-        ([_ConfigWorkspace82] if old else [_ConfigPools])
+        ([_ConfigWorkspace82] if v8 else []) + ([] if old else [_ConfigPools]) + \
+        ([] if v8 else [_ConfigProgress])
     builder_bases = [_BuilderCore] + ([] if v11 else [_BuilderPlatform]) + \
-        ([_BuilderLegacy] if old else [])
-    engine_bases = [_EngineCore, _EngineBindingAPI if old else _EngineTensorAPI]
-    context_bases = [_ContextCore, _ContextBindingAPI if old else _ContextTensorAPI]
+        ([_BuilderLegacy] if v8 else [])
+    engine_bases = [_EngineCore] + ([_EngineBindingAPI] if v8 else []) + \
+        ([] if old else [_EngineTensorAPI])
+    context_bases = [_ContextCore] + ([_ContextBindingAPI] if v8 else []) + \
+        ([] if old else [_ContextTensorAPI])
     attrs = {"__module__": __name__}
     ns["IBuilderConfig"] = type("IBuilderConfig", tuple(config_bases), dict(attrs))
     ns["Builder"] = type("Builder", tuple(builder_bases), dict(attrs))
