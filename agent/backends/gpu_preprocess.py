@@ -6,14 +6,15 @@ for an integer crop, the whole frame for a sub-pixel one), letterbox padding wit
 mean, BGR->RGB, (x - mean) / std and HWC->CHW, written straight into a device buffer (the
 engine's input). `kernel_args` is pure Python so the geometry is testable without a GPU.
 
-What OpenCV versions differ in (measured with the pip wheels 4.1.1, 4.5.4, 4.8.0 and 5.x):
+What OpenCV versions differ in (measured with the pip wheels 4.1.1, 4.5.4, 4.8.0, 4.10, 4.11
+and 5.1):
 - cv2.resize INTER_LINEAR (integer crops, stretch, letterbox) is the same fixed-point code in
   all of them (11-bit weights, SIMD rounding): the kernel's float bilinear with half-pixel
   centres, rounded half up, is within one level of it.
-- cv2.warpAffine (sub-pixel crops) differs. OpenCV 4.x before 4.11 rounds every sample
-  position to 1/32 pixel (AB_BITS=10, INTER_BITS=5: X = (round(M0*x*1024) + round((M1*y +
+- cv2.warpAffine (sub-pixel crops) differs. OpenCV 4.x rounds every sample position to
+  1/32 pixel (AB_BITS=10, INTER_BITS=5: X = (round(M0*x*1024) + round((M1*y +
   M2)*1024) + 16) >> 5) and blends with exact 1/1024 weights, rounding half up; that is up to
-  7 levels away from exact bilinear on a noisy frame. Newer OpenCV samples at float positions.
+  7 levels away from exact bilinear on a noisy frame. OpenCV 5 samples at float positions.
   `opencv_warp_fixed` asks the installed cv2 once (a two-pixel probe) which one it does, and the
   kernel then does the same arithmetic (`warp_fixed`): bit-exact with 4.x.
 
@@ -158,7 +159,7 @@ def find_nvcc(environ: Any = None) -> str:
 
 
 def opencv_warp_fixed(cv2: Any = None) -> bool:
-    """Whether this cv2's warpAffine rounds sample positions to 1/32 pixel (OpenCV 4.x < 4.11).
+    """Whether this cv2's warpAffine rounds sample positions to 1/32 pixel (OpenCV 4.x).
 
     Probed once on two pixels (0 and 255) sampled at x = 0.11: exact bilinear gives 28, the
     1/32-pixel fixed-point code samples at 4/32 and gives 32. Anything else (or no cv2) counts
