@@ -681,7 +681,8 @@ def test_kernel_geometry_wrong_clamp_would_be_caught():
     spec = ModelPackage.load(MODEL_DIR).input
     frame = sample_frames()[0]
     args = kernel_args(spec, *frame.shape[:2])
-    args.origin_x += 3.0  # a shifted crop
+    args.origin_x += 3.0  # a shifted crop (float sampling and integer crops)
+    args.warp_m2 += 3.0  # the same shift for OpenCV 4.x's fixed-point warpAffine
     want = Preprocessor(spec)(frame).ravel()
     assert np.max(np.abs(run_kernel(args, frame) - want)) > 5.0 / 128
 
