@@ -25,7 +25,7 @@ import numpy as np
 
 # sha256 of gpu_preprocess.KERNEL_SOURCE that run_kernel transcribes. When the kernel changes,
 # change run_kernel the same way, then this.
-KERNEL_SHA256 = "997536fa7a3284ecfec0b71c0d2f9b92577f2f26c60d2d6dac43823cc3082f90"
+KERNEL_SHA256 = "d349de342a47b7fc713a3b137ae1663950dc1dfe71ef5057f9230856433120fa"
 
 
 def kernel_sha256(source):

@@ -18,8 +18,9 @@ and 5.1):
   `opencv_warp_fixed` asks the installed cv2 once (a two-pixel probe) which one it does, and the
   kernel then does the same arithmetic (`warp_fixed`): bit-exact with 4.x.
 
-Float arithmetic in the kernel uses the explicit-rounding intrinsics (__fmul_rn, __fadd_rn...)
-so nvcc never fuses it into FMAs: the result is the same as float32 numpy, which is how
+Float arithmetic in the kernel uses the explicit-rounding intrinsics __fmul_rn and __fadd_rn
+(a - b as __fadd_rn(a, -b), which rounds the same; both exist in every CUDA a JetPack has) so
+nvcc never fuses it into FMAs: the result is the same as float32 numpy, which is how
 tests/gpu_kernel_emulator.py runs it on a CPU. Changing KERNEL_SOURCE means changing that port
 too (tests check the two agree, and compile this very source for the CPU where a C++ compiler
 exists).
@@ -87,16 +88,16 @@ extern "C" __global__ void preprocess_bgr8(
         }
     } else {
         /* OpenCV INTER_LINEAR: half-pixel centres, replicate outside [clamp0, clamp1]. */
-        const float fx = __fadd_rn(__fsub_rn(__fmul_rn(__fadd_rn((float)u, 0.5f), scale_x), 0.5f),
+        const float fx = __fadd_rn(__fadd_rn(__fmul_rn(__fadd_rn((float)u, 0.5f), scale_x), -0.5f),
                                    origin_x);
-        const float fy = __fadd_rn(__fsub_rn(__fmul_rn(__fadd_rn((float)v, 0.5f), scale_y), 0.5f),
+        const float fy = __fadd_rn(__fadd_rn(__fmul_rn(__fadd_rn((float)v, 0.5f), scale_y), -0.5f),
                                    origin_y);
         const float flx = floorf(fx);
         const float fly = floorf(fy);
-        const float ax = __fsub_rn(fx, flx);
-        const float ay = __fsub_rn(fy, fly);
-        const float bx = __fsub_rn(1.0f, ax);
-        const float by = __fsub_rn(1.0f, ay);
+        const float ax = __fadd_rn(fx, -flx);
+        const float ay = __fadd_rn(fy, -fly);
+        const float bx = __fadd_rn(1.0f, -ax);
+        const float by = __fadd_rn(1.0f, -ay);
         const int ix = (int)flx;
         const int iy = (int)fly;
         const int x0 = min(max(ix, clamp_x0), clamp_x1);
@@ -122,7 +123,7 @@ extern "C" __global__ void preprocess_bgr8(
     const int plane = out_w * out_h;
     #pragma unroll
     for (int c = 0; c < 3; ++c) {
-        const float value = __fmul_rn(__fsub_rn(bgr[swap_rb ? 2 - c : c], means[c]), invs[c]);
+        const float value = __fmul_rn(__fadd_rn(bgr[swap_rb ? 2 - c : c], -means[c]), invs[c]);
         if (nchw) dst[c * plane + y * out_w + x] = value;
         else dst[(y * out_w + x) * 3 + c] = value;
     }
