@@ -765,17 +765,51 @@ def test_kernel_geometry_wrong_clamp_would_be_caught():
     spec = ModelPackage.load(MODEL_DIR).input
     frame = sample_frames()[0]
     args = kernel_args(spec, *frame.shape[:2])
-    args.origin_x += 3.0  # a shifted crop
+    args.origin_x += 3.0  # a shifted crop (float sampling and integer crops)
+    args.warp_m2 += 3.0  # the same shift for OpenCV 4.x's fixed-point warpAffine
     want = Preprocessor(spec)(frame).ravel()
     assert np.max(np.abs(run_kernel(args, frame) - want)) > 5.0 / 128
 
 
-def test_gpu_preprocessing_in_the_backend(tmp_path, tiny):
+def nvcc_only_at(monkeypatch, folder):
+    """Make `folder`/nvcc (a stand-in script, or none) the only nvcc find_nvcc can see, with
+    a service-like PATH (no CUDA folder on it)."""
+    from agent.backends import gpu_preprocess
+    if folder is not None:
+        os.makedirs(folder)
+        path = os.path.join(folder, "nvcc")
+        with open(path, "w") as handle:
+            handle.write("#!/bin/sh\nexit 0\n")
+        os.chmod(path, 0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(gpu_preprocess, "NVCC_DIRS", (folder or "/nonexistent/cuda/bin",))
+
+
+def record_source_modules(seen):
+    """Wrap the pycuda double's SourceModule to record the keyword arguments it is given."""
+    compiler = sys.modules["pycuda.compiler"]
+    original = compiler.SourceModule
+
+    def recording(source, **kwargs):
+        seen.append(kwargs)
+        return original(source, **kwargs)
+    compiler.SourceModule = recording
+
+
+def test_gpu_preprocessing_in_the_backend(tmp_path, tiny, monkeypatch):
+    toolkit = str(tmp_path / "cuda" / "bin")
+    nvcc_only_at(monkeypatch, toolkit)
     with doubles("10.3", NANO):
         register_kernel_emulator()
+        compiled = []
+        record_source_modules(compiled)
         backend = load(tiny, options(tmp_path, preprocess="gpu"))
         try:
             assert backend.accepts_frames() and backend.describe()["preprocess"] == "gpu"
+            # nvcc is not on the service's PATH: SourceModule is told where it is.
+            assert [kw.get("nvcc") for kw in compiled] == [os.path.join(toolkit, "nvcc")]
             pre = Preprocessor(tiny.input)
             for frame in sample_frames():
                 got = backend.infer_frame(frame)["logits"]
@@ -788,16 +822,38 @@ def test_gpu_preprocessing_in_the_backend(tmp_path, tiny):
         assert stats.pushes == stats.pops == 1
 
 
-def test_gpu_preprocessing_unavailable(tmp_path, tiny):
-    with doubles("10.3", NANO):  # no kernel stand-in: SourceModule fails like a missing nvcc
+def test_gpu_preprocessing_unavailable(tmp_path, tiny, monkeypatch):
+    toolkit = str(tmp_path / "cuda" / "bin")
+    nvcc_only_at(monkeypatch, toolkit)
+    with doubles("10.3", NANO):  # no kernel stand-in: SourceModule fails as nvcc would
         auto = load(tiny, options(tmp_path, preprocess="auto"))
         auto.close()
         assert not auto.accepts_frames() and auto.preprocess_mode == "cpu"
-        assert any("GPU preprocessing unavailable" in n and "nvcc" in n for n in auto.notes)
+        assert any("GPU preprocessing unavailable" in n and os.path.join(toolkit, "nvcc") in n
+                   for n in auto.notes), auto.notes
         with pytest.raises(BackendError, match="backend.preprocess is gpu but GPU preprocessing "
                                                "is unusable"):
             load(tiny, options(tmp_path, preprocess="gpu"))
         assert pycuda_double.stats().pushes == pycuda_double.stats().pops == 2
+
+
+def test_gpu_preprocessing_without_nvcc_falls_back_to_the_cpu(tmp_path, tiny, monkeypatch):
+    """The service's PATH has no CUDA folder and there is no toolkit: one clear line, CPU."""
+    nvcc_only_at(monkeypatch, None)
+    with doubles("10.3", NANO):
+        register_kernel_emulator()  # the kernel would run: only nvcc is missing
+        auto = load(tiny, options(tmp_path, preprocess="auto"))
+        try:
+            assert auto.preprocess_mode == "cpu" and not auto.accepts_frames()
+            notes = [n for n in auto.notes if "GPU preprocessing unavailable" in n]
+            assert len(notes) == 1 and "\n" not in notes[0], auto.notes
+            assert "needs nvcc" in notes[0] and "CUDA_HOME" in notes[0]
+            frame = sample_frames()[0]
+            assert auto.infer(Preprocessor(tiny.input)(frame))["logits"].shape[-1] == 10
+        finally:
+            auto.close()
+        with pytest.raises(BackendError, match="needs nvcc .*backend.preprocess: cpu"):
+            load(tiny, options(tmp_path, preprocess="gpu"))
 
 
 # ---------------------------------------------------------------------------------------------

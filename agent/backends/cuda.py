@@ -210,15 +210,19 @@ class CudaContext(object):
     def synchronize(self) -> None:
         self.stream.synchronize()
 
-    def compile(self, source: str, options: Optional[List[str]] = None) -> Any:
-        """Compile CUDA C with pycuda's SourceModule; the module is dropped at close()."""
+    def compile(self, source: str, options: Optional[List[str]] = None,
+                nvcc: Optional[str] = None) -> Any:
+        """Compile CUDA C with pycuda's SourceModule (with this nvcc if given; pycuda's
+        default is "nvcc" on PATH); the module is dropped at close()."""
         self.check_thread("compile()")
         source_module = import_source_module()
+        kwargs = {"nvcc": nvcc} if nvcc else {}
         try:
-            module = source_module(source, options=options or [], no_extern_c=True)
+            module = source_module(source, options=options or [], no_extern_c=True, **kwargs)
         except Exception as exc:
-            raise BackendError("compiling the CUDA preprocessing kernel failed: {}; nvcc must be "
-                               "on PATH (e.g. /usr/local/cuda/bin)".format(_first_line(exc)))
+            raise BackendError("compiling the CUDA preprocessing kernel with {} failed: {}; check "
+                               "the CUDA toolkit (nvcc --version)".format(
+                                   nvcc or "nvcc from PATH", _first_line(exc)))
         holder = [module]
         self.own("CUDA module", holder.clear)
         return module
