@@ -8,7 +8,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def version() -> str:
-    with open(os.path.join(HERE, "agent", "__init__.py")) as handle:
+    with open(os.path.join(HERE, "agent", "__init__.py"), encoding="utf-8") as handle:
         for line in handle:
             if line.startswith("__version__"):
                 return line.split("=")[1].strip().strip('"')
@@ -29,7 +29,7 @@ setup(
     name="edge-agent",
     version=version(),
     description="Managed inference daemon for NVIDIA Jetson: TensorRT engines, MQTT, telemetry",
-    long_description=open(os.path.join(HERE, "README.md")).read()
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
     if os.path.exists(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import MODEL_DIR, ROOT, SAMPLES
+from conftest import MODEL_DIR, ROOT, SAMPLES, requires
 
 REASON = "numpy.core.multiarray failed to import (test double of a broken install)"
 
@@ -95,6 +95,7 @@ def test_broken_cv2_is_reported_by_the_view(broken):
 
 def test_agent_serves_with_a_broken_onnx_package(broker, recorder, run_agent, tmp_path):
     """The fresh-machine CI failure: `import onnx` raised SystemError and the agent died."""
+    requires("onnxruntime")  # the agent's backend here
     folder = broken_package(tmp_path / "broken", "onnx")
     photo = os.path.join(SAMPLES, "coffee.jpg")
     agent = run_agent("broken-onnx", "--set", "source.uri=file://" + photo,
