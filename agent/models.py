@@ -156,8 +156,8 @@ def _crypto() -> Any:
     except Exception as exc:  # ImportError, or a broken install raising anything else
         raise SignatureError("updates.public_key_file is set, so installs must be signed, but the "
                              "'cryptography' package (2.6 or newer, for ed25519) is not installed "
-                             "or does not import ({}: {}): pip3 install 'cryptography>=2.6' (Ubuntu "
-                             "18.04's python3-cryptography 2.1 is too old)".format(
+                             "or does not import ({}: {}): pip3 install 'cryptography>=2.6' "
+                             "(Ubuntu 18.04's python3-cryptography 2.1 is too old)".format(
                                  type(exc).__name__, exc))
     return ed25519, serialization, default_backend, InvalidSignature
 
