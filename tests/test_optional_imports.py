@@ -106,3 +106,12 @@ def test_agent_serves_with_a_broken_onnx_package(broker, recorder, run_agent, tm
                                      lambda p: p.get("frame") == "coffee.jpg", 10,
                                      "a prediction with onnx broken")
     assert prediction["top"][0]["label"] in {"espresso", "cup", "coffee mug"}
+
+
+def test_broken_cv2_is_a_source_error_for_a_file_source(broken):
+    from agent.errors import SourceError
+    from agent.sources import make_source
+    source = make_source("file://" + os.path.join(SAMPLES, "cat.jpg"))
+    broken("cv2")
+    with pytest.raises(SourceError, match="broken install"):
+        source.open()
