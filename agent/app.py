@@ -808,7 +808,7 @@ class Agent(object):
         try:
             import cv2
             cv2.setNumThreads(1)  # the backend owns the cores; OpenCV threads only compete
-        except ImportError:
+        except Exception:  # no OpenCV or a broken one: the source reports it when it opens
             pass
         starting = None
         if self.notifier is not None:

@@ -316,7 +316,7 @@ class CameraSource(Source):
     def open(self) -> None:
         try:
             import cv2
-        except ImportError as exc:
+        except Exception as exc:  # ImportError, or a cv2 built for another numpy
             raise SourceError("source {}: OpenCV is not importable ({}); on a Jetson use "
                               "{}".format(self.describe(), exc, JETPACK_CV2))
         self._prepare(cv2)

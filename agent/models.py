@@ -153,11 +153,12 @@ def _crypto() -> Any:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.backends import default_backend
         from cryptography.exceptions import InvalidSignature
-    except ImportError:
+    except Exception as exc:  # ImportError, or a broken install raising anything else
         raise SignatureError("updates.public_key_file is set, so installs must be signed, but the "
-                             "'cryptography' package (2.6 or newer, for ed25519) is not installed: "
-                             "pip3 install 'cryptography>=2.6' (Ubuntu 18.04's python3-"
-                             "cryptography 2.1 is too old)")
+                             "'cryptography' package (2.6 or newer, for ed25519) is not installed "
+                             "or does not import ({}: {}): pip3 install 'cryptography>=2.6' "
+                             "(Ubuntu 18.04's python3-cryptography 2.1 is too old)".format(
+                                 type(exc).__name__, exc))
     return ed25519, serialization, default_backend, InvalidSignature
 
 
@@ -289,8 +290,9 @@ def check_onnx(package: ModelPackage) -> None:
     scan_onnx_container(path)
     try:
         import onnx
-    except ImportError:
-        log.info("onnx package not installed: %s checked as a protobuf container only", path)
+    except Exception as exc:  # ImportError, or a broken install (e.g. SystemError from numpy)
+        log.info("onnx package not installed or unusable (%s: %s): %s checked as a protobuf "
+                 "container only", type(exc).__name__, exc, path)
         return
     try:
         model = onnx.load(path, load_external_data=False)

@@ -40,10 +40,11 @@ def make_client(cfg: Any, client_id: str) -> Any:
     the agent's link and the operator's `send` both start from it."""
     try:
         import paho.mqtt.client as mqtt
-    except ImportError:
+    except Exception as exc:  # ImportError, or a broken install raising anything else
         from .errors import AgentError
-        raise AgentError("paho-mqtt is not installed: pip install 'paho-mqtt>=1.6,<3' "
-                         "(1.6.x on Python 3.6)")
+        raise AgentError("paho-mqtt cannot be imported ({}: {}): pip install "
+                         "'paho-mqtt>=1.6,<3' (1.6.x on Python 3.6)".format(
+                             type(exc).__name__, exc))
     if hasattr(mqtt, "CallbackAPIVersion"):
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              clean_session=True)

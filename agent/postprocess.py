@@ -47,8 +47,9 @@ class Classifier(object):
     def __call__(self, outputs: Dict[str, np.ndarray]) -> List[Dict[str, object]]:
         probs = self.scores(outputs)
         k = min(self.top_k, probs.shape[0])
-        idx = np.argpartition(-probs, k - 1)[:k]
-        idx = idx[np.argsort(-probs[idx], kind="stable")]
+        # Highest first; equal scores keep index order. "mergesort" is numpy's stable sort under
+        # its pre-1.15 name (kind="stable" needs numpy >= 1.15; JetPack 4.6 has 1.13.3).
+        idx = np.argsort(-probs, kind="mergesort")[:k]
         top = []
         for i in idx:
             score = float(probs[i])

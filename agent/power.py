@@ -228,7 +228,7 @@ class JtopPowerReader(PowerReader):
         if jtop_factory is None:
             try:
                 import jtop as jtop_module  # lazily: only Jetson boards have it
-            except ImportError as exc:
+            except Exception as exc:  # ImportError, or a broken install
                 raise PowerSourceUnavailable(
                     "power: jtop: the jtop module (jetson-stats) cannot be imported ({}); fix: "
                     "`sudo pip3 install -U jetson-stats` and log in again, or set "
@@ -419,7 +419,7 @@ class Ina3221HwmonReader(_RailsReader):
 def _import_nvml() -> Any:
     try:
         import pynvml  # lazily: only machines with an NVIDIA driver need it
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a broken install
         raise PowerSourceUnavailable(
             "power: nvml: the pynvml module cannot be imported ({}); fix: "
             "`pip install nvidia-ml-py`".format(exc))

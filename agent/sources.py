@@ -121,7 +121,12 @@ class FileSource(Source):
         self.bad_frames = 0
 
     def open(self) -> None:
-        import cv2
+        try:
+            import cv2
+        except Exception as exc:  # ImportError, or a cv2 built for another numpy
+            raise SourceError("source {}: OpenCV is not importable ({}: {}); on a Jetson use "
+                              "JetPack's OpenCV, elsewhere pip install opencv-python-headless"
+                              .format(self.uri, type(exc).__name__, exc))
         path = self.path
         if os.path.isdir(path):
             try:

@@ -550,7 +550,7 @@ def display_available(env: Optional[Dict[str, str]] = None) -> Tuple[bool, str]:
 def highgui_available() -> Tuple[bool, str]:
     try:
         import cv2
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a cv2 built for another numpy
         return False, "OpenCV is not importable ({})".format(exc)
     from .cameras import highgui_in_build
     if not highgui_in_build(cv2.getBuildInformation()):

@@ -5,8 +5,10 @@ is built for CPython 3.11 against numpy 1.x, so a folder holding links to it and
 (put first on PYTHONPATH) lets the venv's Python 3.11 run the agent, ONNX Runtime included, on
 the system cv2: the situation of a Jetson, whose JetPack cv2 has GStreamer. The numpy is pip's
 last 1.x in `.venv/numpy1` (Debian's 1.24 is too old for the venv's onnx/ml_dtypes, the venv's
-own numpy 2 too new for the system cv2). Nothing here imitates anything: these are the real
-libraries, run in a subprocess.
+own numpy 2 too new for the system cv2). The venv's onnx imports beside it only because
+constraints/main.txt pins an ml_dtypes that works with numpy 1.x and 2.x (ml_dtypes 0.6+ needs
+numpy 2: `import onnx` then raises SystemError). Nothing here imitates anything: these are the
+real libraries, run in a subprocess.
 """
 
 import glob

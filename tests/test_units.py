@@ -13,7 +13,7 @@ from agent.package import ModelPackage
 from agent.postprocess import Classifier, activate
 from agent.preprocess import Preprocessor, plan_resize
 from agent.sources import Frame, FrameSlot, make_source
-from conftest import MODEL_DIR, ROOT, SAMPLES
+from conftest import MODEL_DIR, ROOT, SAMPLES, requires
 
 
 # ---------------------------------------------------------------- config
@@ -246,6 +246,7 @@ def test_frame_slot_file_mode_hands_over_every_frame():
 
 
 def test_backend_spin_is_off_unless_asked():
+    requires("onnxruntime")
     from agent.app import backend_options
     from agent.backends.onnxruntime import OnnxRuntimeBackend
     assert backend_options(load_config(None)).spin is False

@@ -27,7 +27,7 @@ def import_pycuda_driver() -> Any:
     """`pycuda.driver`, imported on first use; never `pycuda.autoinit`."""
     try:
         import pycuda.driver as driver
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a broken build (missing libcuda symbol...)
         raise BackendError("pycuda is not installed ({}): {}".format(exc, pycuda_install_hint()))
     return driver
 
@@ -37,7 +37,7 @@ def import_source_module() -> Any:
     import_pycuda_driver()
     try:
         from pycuda.compiler import SourceModule
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a broken install
         raise BackendError("pycuda.compiler is unavailable ({}): {}".format(
             exc, pycuda_install_hint()))
     return SourceModule

@@ -17,9 +17,10 @@ class OnnxRuntimeBackend(Backend):
     def _load_impl(self) -> None:
         try:
             import onnxruntime as ort
-        except ImportError:
-            raise BackendError("ONNX Runtime is not installed: pip install onnxruntime "
-                               "(on a Jetson, use NVIDIA's onnxruntime-gpu wheel for your JetPack)")
+        except Exception as exc:  # ImportError, or a broken install raising anything else
+            raise BackendError("ONNX Runtime cannot be imported ({}: {}): pip install onnxruntime "
+                               "(on a Jetson, use NVIDIA's onnxruntime-gpu wheel for your JetPack)"
+                               .format(type(exc).__name__, exc))
         path = self.package.onnx_path
         if not os.path.isfile(path):
             raise BackendError("model {}: {} does not exist".format(self.package.ref, path))

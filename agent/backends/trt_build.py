@@ -43,6 +43,9 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError:
         raise BackendError(TRT_MISSING)
+    except Exception as exc:  # a broken install (missing libnvinfer symbol, numpy mismatch...)
+        raise BackendError("{} (`import tensorrt` failed: {}: {})".format(
+            TRT_MISSING, type(exc).__name__, exc))
     if not hasattr(trt, "Builder"):
         # e.g. only the `tensorrt-stubs` package: a namespace package with .pyi files.
         raise BackendError("{} (found only a `tensorrt` package without the library at {})"
@@ -333,9 +336,10 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
     report = PreflightReport()
     try:
         import onnx
-    except ImportError:
-        report.notes.append("onnx package not installed: ONNX preflight skipped "
-                            "(pip install onnx to get early warnings)")
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        report.notes.append("onnx package not installed or unusable ({}: {}): ONNX preflight "
+                            "skipped (pip install onnx to get early warnings)".format(
+                                type(exc).__name__, exc))
         return report
     try:
         model = onnx.load(onnx_path, load_external_data=False)

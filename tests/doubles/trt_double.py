@@ -46,6 +46,35 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+
+def _load_onnx(data: bytes) -> Any:
+    """The model as `onnx.load_from_string` gives it; where `onnx` cannot be imported (the
+    JetPack 4.6 stack), tests/reference_onnx.py's reader, which has the same attribute names."""
+    try:
+        import onnx
+    except Exception:
+        return _reference().load_model(data)
+    return onnx.load_from_string(data)
+
+
+def _session(data: bytes) -> Any:
+    """An ONNX Runtime CPU session; where onnxruntime cannot be imported (no wheel works with
+    numpy 1.13), tests/reference_onnx.py's numpy runner, which has the same `run`."""
+    try:
+        import onnxruntime as ort
+    except Exception:
+        return _reference().ReferenceSession(data)
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _reference() -> Any:
+    import os
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tests not in sys.path:
+        sys.path.append(tests)
+    import reference_onnx
+    return reference_onnx
+
 MAGIC = b"TRT-DOUBLE-PLAN\n"
 VERSIONS = {"8.2": "8.2.1.8", "8.5": "8.5.2.2", "10.3": "10.3.0.26", "11": "11.0.0.9"}
 
@@ -366,7 +395,6 @@ class OnnxParser(object):
         self._errors = []
 
     def parse(self, model: bytes, path: Optional[str] = None) -> bool:
-        import onnx
         trt = self._network._trt
         if self._network._implicit_batch:
             # onnx-tensorrt (8.x) ModelImporter::importModel asserts this before anything else.
@@ -378,7 +406,7 @@ class OnnxParser(object):
                 "INVALID_VALUE"))
             return False
         try:
-            proto = onnx.load_from_string(bytes(model))
+            proto = _load_onnx(bytes(model))
         except Exception as exc:
             self._errors.append(ParserError("Failed to parse ONNX model: {}".format(exc)))
             return False
@@ -693,10 +721,9 @@ class _Plan(object):
     """A deserialized plan: header facts, an ONNX Runtime session, output shapes."""
 
     def __init__(self, header: Dict[str, Any], onnx_bytes: bytes) -> None:
-        import onnxruntime as ort
         self.header = header
         self.onnx = onnx_bytes
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        self.session = _session(onnx_bytes)
         self.inputs = [(n, tuple(s), d) for n, s, d in header["inputs"]]
         self.outputs = list(header["outputs"])
         self.profiles = {k: [tuple(x) for x in v] for k, v in header["profiles"].items()}
@@ -707,8 +734,7 @@ class _Plan(object):
         self.output_rest = {n: tuple(r.shape[1:]) for n, r in zip(self.outputs, results)}
         self.output_batch_static = {n: int(r.shape[0]) for n, r in zip(self.outputs, results)}
         self.dynamic_batch = any(s and s[0] < 0 for _, s, _ in self.inputs)
-        import onnx
-        graph = onnx.load_from_string(onnx_bytes).graph
+        graph = _load_onnx(onnx_bytes).graph
         self.layers = [n.name or "{}_{}".format(n.op_type, i) for i, n in enumerate(graph.node)]
 
 
