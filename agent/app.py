@@ -28,6 +28,7 @@ from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
 from .cameras import redact_uri
+from .redact import redact_text
 from .sources import Frame, FrameSlot, Pacer, Source, source_from_config
 from .telemetry import StageStats
 
@@ -229,6 +230,8 @@ class Agent(object):
         """Record (reason) or clear (None) a reason for `degraded`; on a change republish the
         status and say so on the events topic (command `health`)."""
         changed = False
+        if reason is not None:
+            reason = redact_text(reason)  # camera credentials in a source error, say
         with self._state_lock:
             if reason is None:
                 changed = self.problems.pop(key, None) is not None

@@ -11,6 +11,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ConfigError
+from .redact import redact_text
 
 
 class Field(object):
@@ -19,7 +20,7 @@ class Field(object):
     def __init__(self, kind: str, default: Any = None, nullable: bool = False,
                  choices: Optional[Sequence[Any]] = None, minimum: Optional[float] = None,
                  maximum: Optional[float] = None, item: Optional[str] = None,
-                 secret: bool = False, doc: str = "") -> None:
+                 secret: Any = False, doc: str = "") -> None:
         self.kind = kind          # str, int, float, bool, list
         self.default = default
         self.nullable = nullable
@@ -27,7 +28,7 @@ class Field(object):
         self.minimum = minimum
         self.maximum = maximum
         self.item = item          # element kind for lists
-        self.secret = secret
+        self.secret = secret      # True: shown as ***; "url": shown with credentials hidden
         self.doc = doc
 
     def check(self, path: str, value: Any) -> Any:
@@ -111,7 +112,8 @@ SCHEMA = {
         "spool_max_messages": F("int", 10000, minimum=100),
     },
     "source": {
-        "uri": F("str", "file://models/samples"),
+        "uri": F("str", "file://models/samples", secret="url",
+                 doc="camera URIs may hold credentials: shown with them hidden"),
         "width": F("int", 1280, minimum=16, maximum=8192),
         "height": F("int", 720, minimum=16, maximum=8192),
         "fps": F("float", 30.0, minimum=0.0, maximum=1000.0,
@@ -230,8 +232,10 @@ class Config(Section):
                 parts = path.split(".")
                 for part in parts[:-1]:
                     parent = parent[part]
-                if parent.get(parts[-1]) is not None:
-                    parent[parts[-1]] = "***"
+                value = parent.get(parts[-1])
+                if value is not None:
+                    parent[parts[-1]] = redact_text(str(value)) if field.secret == "url" \
+                        else "***"
         return data
 
     def resolve(self, path: str) -> str:
