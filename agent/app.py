@@ -868,9 +868,12 @@ class Agent(object):
         path = self.config.source_path
         try:
             new = load_config(path, self._overrides)
-        except AgentError as exc:
-            log.error("reload: keeping the running config: %s", exc)
-            self.emit_event({"command": "reload", "state": "failed", "error": str(exc)})
+        except Exception as exc:  # whatever is wrong with the file, the agent keeps serving
+            error = str(exc) if isinstance(exc, AgentError) else \
+                "config file {}: cannot be loaded: {}: {}".format(path, type(exc).__name__, exc)
+            error = redact_text(error)
+            log.error("reload: keeping the running config: %s", error)
+            self.emit_event({"command": "reload", "state": "failed", "error": error})
             if self.notifier is not None:
                 self.notifier.ready(self.status_line())
             return []

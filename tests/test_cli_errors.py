@@ -25,14 +25,72 @@ def run_cli(*args, **kw):
     ("- just\n- a list\n", "the top level must be a mapping"),
     ("mqtt:\n  tls:\n    cert_file: /x.pem\n", "cert_file and key_file go together"),
     ("device:\n  id: a/b\n", "config: device.id: 'a/b' may not contain"),
+    ("telemetry:\n  interval_s: .nan\n", "config: telemetry.interval_s: nan is not a finite"),
+    ("predictions:\n  max_rate_hz: .nan\n", "config: predictions.max_rate_hz: nan is not a "
+                                             "finite number"),
+    ("predictions:\n  max_rate_hz: .inf\n", "config: predictions.max_rate_hz: inf is not a "
+                                             "finite number"),
+    ("device:\n  state_dir: config.yaml\n", "config: device.state_dir: {tmp}/config.yaml is a "
+                                             "file, not a directory"),
+    ("device:\n  state_dir: /proc/edge\n", "config: device.state_dir: /proc/edge is on the "
+                                            "kernel's /proc pseudo-filesystem"),
+    ("mqtt:\n  tls: {enabled: true, ca_file: ca.pem}\n", "config: mqtt.tls.ca_file: "
+                                                        "{tmp}/ca.pem does not exist"),
+    ("updates:\n  public_key_file: keys/edge.pub\n", "config: updates.public_key_file: "
+                                                     "{tmp}/keys/edge.pub does not exist"),
+    (b"source:\n  uri: 'file://caf\xe9'\n", "config file {tmp}/config.yaml: not UTF-8 text "
+                                             "(byte 0xe9 on line 2); save it as UTF-8"),
 ])
 def test_bad_config_files_are_refused_with_the_key_path(tmp_path, content, expected):
     path = tmp_path / "config.yaml"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     code, err = run_cli("run", "-c", str(path))
     assert code == 2
-    assert expected in err, err
+    assert expected.format(tmp=tmp_path) in err, err
     assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_bad_config_on_sighup_keeps_the_running_one(broker, recorder, tmp_path):
+    """SIGHUP with a config that is not UTF-8, then one with NaN: each reload fails with an
+    event saying why, the agent keeps serving with the old config, and a good file after
+    them applies."""
+    import signal
+    config = tmp_path / "config.yaml"
+    good = "source: {uri: 'synthetic://?fps=20'}\npredictions: {top_k: 5}\n"
+    config.write_text(good)
+    proc = AgentProcess(["run", "-c", str(config), "--set", "mqtt.port={}".format(broker.port),
+                         "--set", "mqtt.host=127.0.0.1", "--set", "device.id=hup",
+                         "--set", "device.state_dir={}".format(tmp_path / "s")])
+    try:
+        recorder.wait_topic("hup/status", lambda p: p.get("state") == "serving", 60, "serving")
+        for content, error in ((b"predictions: {top_k: 3}\n# caf\xe9\n", "not UTF-8 text"),
+                               (b"telemetry: {interval_s: .nan}\n", "nan is not a finite")):
+            config.write_bytes(content)
+            mark = recorder.mark()
+            proc.signal(signal.SIGHUP)
+            event = recorder.wait_topic("hup/events", lambda p: p.get("command") == "reload",
+                                        30, "a reload event", since=mark)
+            assert event["state"] == "failed" and error in event["error"], event
+            recorder.wait_topic("hup/predictions", lambda p: len(p["top"]) == 5, 30,
+                                "predictions with the old top_k", since=recorder.mark())
+            assert proc.proc.poll() is None, proc.err
+        config.write_text(good.replace("top_k: 5", "top_k: 2"))
+        mark = recorder.mark()
+        proc.signal(signal.SIGHUP)
+        event = recorder.wait_topic("hup/events", lambda p: p.get("command") == "reload", 30,
+                                    "a reload event", since=mark)
+        assert event["state"] == "done" and "predictions.top_k" in event["detail"], event
+        recorder.wait_topic("hup/predictions", lambda p: len(p["top"]) == 2, 30,
+                            "predictions with the new top_k", since=mark)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.err
+    finally:
+        proc.kill() if proc.proc.poll() is None else None
+    assert "Traceback" not in proc.err, proc.err
 
 
 @pytest.mark.parametrize("override, expected", [
