@@ -190,6 +190,7 @@ class Agent(object):
         self._probation_lock = threading.Lock()
         self._recent_infer = collections.deque(maxlen=50)  # type: Any
         self._reload_requested = threading.Event()
+        self._spool_retry_at = 0.0
 
     # ---------------------------------------------------------------- status and events
     def status_payload(self) -> Dict[str, Any]:
@@ -757,15 +758,36 @@ class Agent(object):
     # ---------------------------------------------------------------- lifecycle
     def _start_link(self) -> None:
         from .mqtt import MqttLink
-        from .spool import Spool
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.spool = Spool(os.path.join(self.state_dir, "spool.db"),
-                           max_messages=self.config.mqtt.spool_max_messages)
+        from .spool import FallbackSpool
+        # A spool that cannot be opened (disk full, spool.db unusable) is no reason to stop:
+        # messages wait in memory meanwhile, the status says so, and _check_spool moves them
+        # to the file when it opens again.
+        self.spool = FallbackSpool(os.path.join(self.state_dir, "spool.db"),
+                                   max_messages=self.config.mqtt.spool_max_messages)
         self.link = MqttLink(self.config.mqtt, self.device_id, self.config.device.group,
                              self.spool, on_command=self.handle_command,
                              will_payload={"state": "offline", "device": self.device_id,
                                            "agent": __version__, "reason": "connection lost"})
         self.link.start()
+        self._spool_retry_at = time.monotonic() + self.SPOOL_RETRY_S
+        self._note_spool_fault()
+
+    # Seconds between attempts to reopen a spool file that could not be opened.
+    SPOOL_RETRY_S = 2.0
+
+    def _note_spool_fault(self) -> None:
+        fault = getattr(self.spool, "fault", None)
+        self.problem("spool", None if fault is None else
+                     "{}; messages wait in memory (lost if the agent stops) until it can be "
+                     "opened: free disk space or fix device.state_dir".format(fault))
+
+    def _check_spool(self) -> None:
+        """Main thread: while the spool is in memory, try the file again now and then."""
+        if getattr(self.spool, "fault", None) is None or time.monotonic() < self._spool_retry_at:
+            return
+        self._spool_retry_at = time.monotonic() + self.SPOOL_RETRY_S
+        self.spool.recover()
+        self._note_spool_fault()
 
     def _start_models(self) -> None:
         from .commands import ModelManager
@@ -851,6 +873,7 @@ class Agent(object):
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload_config()
+            self._check_spool()
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("ran for %.1f s (--duration)", self.duration)
                 self.stop.set()
@@ -940,7 +963,10 @@ class Agent(object):
         payload["reason"] = "shutdown"
         self.link.publish("status", payload, kind="status", retain=True, qos=1)
         drained = self.link.flush(3.0)
-        if not drained:
+        if not drained and getattr(self.spool, "fault", None) is not None:
+            log.error("broker unreachable at shutdown and the spool file unusable: %d messages "
+                      "held in memory are lost", len(self.spool))
+        elif not drained:
             log.warning("broker unreachable at shutdown: %d messages stay spooled in %s and "
                         "are sent at the next start", len(self.spool), self.spool.path)
         self.link.stop(timeout=0.5)
