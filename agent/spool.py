@@ -290,6 +290,13 @@ class Spool(object):
             rows = self._connection().execute("SELECT kind, n FROM dropped").fetchall()
         return dict((kind, n) for kind, n in rows)
 
+    def last_id(self) -> int:
+        """The highest id this spool has given out (0 when none), acked messages included."""
+        with self._lock:
+            row = self._connection().execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
     def adopt(self, other: "Spool") -> int:
         """Move every pending message of `other` (a memory spool) here, keeping their ids, so
         a sender that already handed some of them to the broker still acks them by id. What
@@ -297,6 +304,7 @@ class Spool(object):
         adopted messages supersede. Adds `other`'s drop counts. Returns the number moved."""
         rows = other.pending(max(1, len(other)) + 1000000)
         dropped = other.dropped()
+        floor = other.last_id()
         newest_status = set(m.topic for m in rows if m.kind == "status" and m.retain)
         with self._lock:
             conn = self._connection()
@@ -309,7 +317,12 @@ class Spool(object):
                                  "created_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                  [(m.id, m.topic, m.payload, m.qos, int(m.retain), m.kind,
                                    m.created_ts) for m in rows])
-                # Ids chosen by SQLite from here on are above every adopted one.
+                # Ids chosen by SQLite from here on are above every id `other` ever gave
+                # out, acked ones included: the sender pages on from the last it saw.
+                if conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = "
+                                "'outbox'", (floor,)).rowcount == 0:
+                    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+                                 (floor,))
                 conn.executemany("INSERT INTO outbox (topic, payload, qos, retain, kind, "
                                  "created_ts) VALUES (?, ?, ?, ?, ?, ?)",
                                  [r for r in earlier

@@ -395,6 +395,24 @@ def test_unopenable_spool_keeps_messages_in_memory_and_moves_them_to_the_file(tm
         assert payloads(disk) == [b"p3", b"p4", b"s-new", b"e"]
 
 
+def test_ids_go_on_rising_after_recovery_when_everything_was_acked(tmp_path):
+    """The sender pages with `pending(after_id=last it sent)`: after the move to a fresh file,
+    new ids must still be above every id the memory spool gave out."""
+    from agent.spool import FallbackSpool
+    path = tmp_path / "spool.db"
+    path.mkdir()
+    spool = FallbackSpool(str(path))
+    sent = [put_kind(spool, "event", b"e%d" % i) for i in range(5)]
+    for msg_id in sent:
+        assert spool.ack(msg_id)
+    path.rmdir()
+    assert spool.recover()
+    new = put_kind(spool, "event", b"after")
+    assert new > max(sent)
+    assert [m.payload for m in spool.pending(10, after_id=max(sent))] == [b"after"]
+    spool.close()
+
+
 def test_messages_from_an_earlier_run_follow_the_adopted_ones(tmp_path):
     path = str(tmp_path / "spool.db")
     with Spool(path) as earlier:
