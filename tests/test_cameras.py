@@ -653,3 +653,29 @@ def test_one_redaction_rule_for_downloads_and_cameras():
     assert redact_url("https://tok3n@h/m.onnx") == "https://***@h/m.onnx"
     assert redact_url("https://u:p[w@h/m.onnx") == "https://u:***@h/m.onnx"
     assert redact_uri("rtsp://h:554/x?codec=h265&token=t1") == "rtsp://h:554/x?codec=h265&token=***"
+
+
+@pytest.mark.parametrize("uri", [
+    "gst://rtspsrc location=rtsp://cam:PW5521q@127.0.0.1:9/s latency=0 ! decodebin ! "
+    "videoconvert ! appsink",
+    "rtsp://cam:PW5521q[@127.0.0.1:9/s",  # urllib cannot parse it
+])
+def test_camera_password_never_reaches_mqtt_or_the_log(broker, recorder, run_agent, uri):
+    """The real agent on a camera it cannot open, logging at DEBUG: the retained status, the
+    health events and every log line show the URI with the password hidden."""
+    device = "campw" + str(len(uri))
+    since = recorder.mark()
+    proc = run_agent(device, "--set", "source.uri=" + uri, "--set", "logging.level=DEBUG")
+    status = recorder.wait_topic(device + "/status", lambda p: p.get("state") == "degraded" and
+                                 "source" in p.get("detail", ""), 90, "degraded status",
+                                 since=since)
+    assert "cam:***@127.0.0.1:9/s" in status["source"], status
+    recorder.wait_topic(device + "/events", lambda p: p.get("command") == "health" and
+                        p.get("detail") == "source", 30, "a health event", since=since)
+    proc.signal(15)
+    assert proc.wait(30) == 0, proc.err
+    with recorder.cond:
+        published = json.dumps([m for m in recorder.messages[since:] if device in m[0]])
+    assert "PW5521q" not in published
+    assert "PW5521q" not in proc.err and "cam:***@" in proc.err
+    assert "config (secrets hidden)" in proc.err and "Traceback" not in proc.err
