@@ -272,27 +272,59 @@ class Agent(object):
             self.link.publish("events", event, kind="event", qos=1)
 
     # ---------------------------------------------------------------- model handling
-    CONFIGURED_MARKER = "configured-model"
+    # Remembers the model.name of the last start. A dot name: model names cannot start with
+    # '.', so no model's directory can collide with it (the old name could: LEGACY_MARKER).
+    CONFIGURED_MARKER = ".configured-model"
+    LEGACY_MARKER = "configured-model"
+
+    def _last_configured(self) -> Optional[str]:
+        """model.name at the last start; moves a marker of the old name out of the way of a
+        model called `configured-model`."""
+        from .models import write_atomic
+        marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
+        legacy = os.path.join(self.store.root, self.LEGACY_MARKER)
+        for path in (marker, legacy):
+            if not os.path.isfile(path):
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    last = handle.read().decode("utf-8", "replace").strip()
+                if path == legacy:
+                    write_atomic(marker, last.encode("utf-8"))
+                    os.remove(legacy)
+            except OSError as exc:
+                log.warning("model store: cannot read or move %s: %s", path, exc)
+                return None
+            return last
+        return None
+
+    def _store_lost_its_models(self) -> bool:
+        """The record names versions whose directories are gone (deleted by hand): neither the
+        active nor the previous one can load, so the configured model is imported again."""
+        refs = [r for r in (self.store.active_ref(), self.store.previous_ref()) if r]
+        return bool(refs) and not any(
+            os.path.isdir(os.path.join(self.store.root, r[0], r[1])) for r in refs)
 
     def _seed_store(self, errors: List[str]) -> None:
-        """Put the configured model in the store when the store is empty or config.model.name
-        changed since the last start; otherwise the store's active record wins (it holds what
-        operators installed over MQTT)."""
+        """Put the configured model in the store when the store is empty (or emptied by hand)
+        or config.model.name changed since the last start; otherwise the store's active record
+        wins (it holds what operators installed over MQTT)."""
         name = self.config.model.name
-        marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
-        try:
-            with open(marker, "r") as handle:
-                last = handle.read().strip()
-        except OSError:
-            last = None
+        last = self._last_configured()
         active = self.store.active_ref()
-        if active is not None and (last == name or active[0] == name):
+        if active is not None and self._store_lost_its_models():
+            log.warning("model store: %s@%s and the previous version are gone from %s; "
+                        "importing the configured model %s again", active[0], active[1],
+                        self.store.root, name)
+            active = None
+        elif active is not None and (last == name or active[0] == name):
             return
         try:
             package = self.store.import_package(find_bundled_package(self.config, name).root)
             self.store.activate(package.name, package.version)
             from .models import write_atomic
-            write_atomic(marker, name.encode("utf-8"))
+            write_atomic(os.path.join(self.store.root, self.CONFIGURED_MARKER),
+                         name.encode("utf-8"))
             log.info("model store: %s is the configured model, now active", package.ref)
         except AgentError as exc:
             if active is not None:

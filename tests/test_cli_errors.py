@@ -193,3 +193,60 @@ def test_check_reports_and_fails_on_what_the_config_needs(broker, tmp_path):
                          "--set", "device.state_dir={}".format(tmp_path / "s")])
     assert proc.wait(60) == 1
     assert "FAIL source" in proc.stdout.decode()
+
+
+def _package_copy(tmp_path, name, **changes):
+    """The bundled model copied to tmp_path/models/<name>, model.yaml edited by `changes`."""
+    import shutil
+    import yaml
+    pkg = tmp_path / "models" / name
+    shutil.copytree(os.path.join(ROOT, "models", "efficientnet_lite0"), str(pkg))
+    manifest = yaml.safe_load((pkg / "model.yaml").read_text())
+    manifest["name"] = name
+    manifest.update(changes)
+    (pkg / "model.yaml").write_text(yaml.safe_dump(manifest))
+    return pkg
+
+
+def _run_model(broker, tmp_path, name, device, *extra):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {{name: {}}}\nsource: {{uri: 'synthetic://?fps=20'}}\n"
+                      .format(name))
+    return run_cli("run", "-c", str(config), "--set", "mqtt.port={}".format(broker.port),
+                   "--set", "device.id=" + device, "--set", "device.state_dir=state", *extra)
+
+
+def test_labels_that_are_not_utf8_are_named(broker, tmp_path):
+    pkg = _package_copy(tmp_path, "latin1labels")
+    with open(str(pkg / "labels.txt"), "ab") as handle:
+        handle.write(b"caf\xe9\n")
+    code, err = _run_model(broker, tmp_path, "latin1labels", "latin1", "--duration", "2")
+    assert code == 1
+    assert "labels.txt: not UTF-8 text (byte 0xe9 on line 1001); save it as UTF-8" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_model_named_like_the_stores_marker_file(broker, tmp_path):
+    """`configured-model` was the name of the file where the store remembers model.name: a
+    model of that name collided with it. Two starts: import, then the store's record."""
+    _package_copy(tmp_path, "configured-model")
+    for _ in range(2):
+        code, err = _run_model(broker, tmp_path, "configured-model", "marker", "--max-frames",
+                               "3")
+        assert code == 0, err
+        assert "Traceback" not in err
+    store = tmp_path / "state" / "models"
+    assert (store / "configured-model" / "1" / "model.onnx").is_file()
+    assert (store / ".configured-model").read_text() == "configured-model"
+
+
+def test_a_store_emptied_by_hand_gets_the_configured_model_again(broker, tmp_path):
+    import shutil
+    _package_copy(tmp_path, "seeded")
+    code, err = _run_model(broker, tmp_path, "seeded", "emptied", "--max-frames", "3")
+    assert code == 0, err
+    shutil.rmtree(str(tmp_path / "state" / "models" / "seeded"))  # active (and only) version
+    code, err = _run_model(broker, tmp_path, "seeded", "emptied", "--max-frames", "3")
+    assert code == 0, err
+    assert "are gone from" in err and "importing the configured model seeded again" in err
+    assert (tmp_path / "state" / "models" / "seeded" / "1" / "model.onnx").is_file()

@@ -148,6 +148,11 @@ def _manifest(**changes):
     ("input.shape", [1, 3, 224], "four positive integers"),
     ("input.shape", [1, 1, 8, 8], "3-channel"),
     ("input.std", [1, 0, 1], "must not contain 0"),
+    ("input.shape", [1, 3, 100000, 100000], "asks for 10000000000 pixels per inference"),
+    ("input.shape", [1, 3, 8, 5000], "over the limit of 16777216 (each side at most 4096)"),
+    ("input.shape", [64, 3, 1024, 1024], "asks for 67108864 pixels per inference"),
+    ("input.resize", {"mode": "shorter_side_crop", "size": 10 ** 6},
+     "input.resize.size: 1000000 is over the limit of 8192"),
     ("input.resize", {"mode": "zoom"}, "'zoom' is not one of"),
     ("input.resize", {"mode": "shorter_side_crop", "size": 4}, "input.resize.size"),
     ("output", {"activation": "relu"}, "'relu' is not one of"),
@@ -329,3 +334,14 @@ def test_backend_spin_is_off_unless_asked():
             assert out["logits"].shape == (1, 1000)
         finally:
             backend.close()
+
+
+def test_labels_that_are_not_utf8_are_a_model_error(tmp_path):
+    from agent.package import load_labels
+    path = tmp_path / "labels.txt"
+    path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\n\xff\xfe\n")
+    with pytest.raises(ModelError) as err:
+        load_labels(str(path))
+    assert "labels.txt: not UTF-8 text (byte 0xff on line 3); save it as UTF-8" in str(err.value)
+    path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\rcaf\xc3\xa9\n\n")
+    assert load_labels(str(path)) == ["cat", "dog", "caf\u00e9"]
