@@ -11,6 +11,7 @@ GStreamer properties such as rtspsrc's `user-pw=` are replaced by `***` too.
 """
 
 import re
+from typing import Any
 
 HIDDEN = "***"
 # Last parts (split on - and _) of parameter and property names whose values are secrets.
@@ -96,7 +97,7 @@ def redact_text(text: str) -> str:
     return _BARE_URL.sub(lambda m: _redact_bare(m.group(0)), text)
 
 
-def _redact_property(match: "re.Match") -> str:
+def _redact_property(match: Any) -> str:
     name, eq, value = match.group(1), match.group(2), match.group(3)
     if not is_secret_name(name):
         return match.group(0)
