@@ -313,9 +313,9 @@ class Agent(object):
         last = self._last_configured()
         active = self.store.active_ref()
         if active is not None and self._store_lost_its_models():
-            log.warning("model store: %s@%s and the previous version are gone from %s; "
-                        "importing the configured model %s again", active[0], active[1],
-                        self.store.root, name)
+            log.warning("model store: the versions its record names (active: %s@%s) are gone "
+                        "from %s; importing the configured model %s again", active[0],
+                        active[1], self.store.root, name)
             active = None
         elif active is not None and (last == name or active[0] == name):
             return

@@ -248,5 +248,5 @@ def test_a_store_emptied_by_hand_gets_the_configured_model_again(broker, tmp_pat
     shutil.rmtree(str(tmp_path / "state" / "models" / "seeded"))  # active (and only) version
     code, err = _run_model(broker, tmp_path, "seeded", "emptied", "--max-frames", "3")
     assert code == 0, err
-    assert "are gone from" in err and "importing the configured model seeded again" in err
+    assert "are gone from" in err and "importing the configured model seeded again" in err, err
     assert (tmp_path / "state" / "models" / "seeded" / "1" / "model.onnx").is_file()
