@@ -237,6 +237,7 @@ class _Session(object):
         self.thread = None  # type: Optional[threading.Thread]
 
     def fail(self, message: str) -> None:
+        message = redact_text(message)  # it may quote OpenCV's error, pipeline and all
         with self.cond:
             if self.error is None:
                 self.error = message
