@@ -63,7 +63,7 @@ class DownloadCancelled(DownloadError):
 
 def redact_url(url: str) -> str:
     """The URL fit for messages and logs: credentials, query string and fragment hidden."""
-    return redact.redact_url(url, hide_query=True)
+    return redact.redact_url(url, strict=True)
 
 
 def check_sha256(value: Any, what: str = "sha256") -> str:

@@ -3,7 +3,8 @@ they reach a log, an error message or an MQTT message.
 
 One rule for every URL the agent shows (camera sources, model downloads): what sits between
 `scheme://` and the `@` of the authority is a credential: `user:password@` becomes
-`user:***@`, a lone `name@` (often a token) becomes `***@`. The rule is applied to the text
+`user:***@` (`***@` for download URLs, which show no user either), a lone `name@` (often a
+token) becomes `***@`. The rule is applied to the text
 itself, not to what `urllib` makes of it, so a URL that urllib cannot parse (an unescaped `[`
 or `/` in the password, a bad port) is hidden just the same: when in doubt, more is hidden,
 never less. Query values whose names say secret (`password=`, `token=`, `sig=`, ...) and
@@ -31,13 +32,13 @@ def is_secret_name(name: str) -> bool:
     return bool(words) and words[-1] in SECRET_WORDS
 
 
-def redact_url(url: str, hide_query: bool = True) -> str:
+def redact_url(url: str, strict: bool = True) -> str:
     """`url` fit for messages and logs.
 
-    Credentials before the authority's `@` are hidden (see the module doc). With `hide_query`
-    (model downloads, whose signed URLs carry tokens in the query) the query and fragment
-    are shown as `?<hidden>`; without it (camera URIs, whose options live there) only the
-    values of secret-looking parameters are hidden. Text that is not a URL is passed through
+    Credentials before the authority's `@` are hidden (see the module doc). `strict` (model
+    downloads, whose signed URLs carry tokens in the query) hides the user name too and shows
+    the query and fragment as `?<hidden>`; otherwise (camera URIs, whose options live in the
+    query) the user name stays and only the values of secret-looking parameters are hidden. Text that is not a URL is passed through
     `redact_text`.
     """
     match = re.match(r"(" + _SCHEME + r")(.*)\Z", url, re.S)
@@ -47,7 +48,7 @@ def redact_url(url: str, hide_query: bool = True) -> str:
     cut = rest.rfind("@")
     if cut >= 0 and _is_userinfo(rest[:cut]):
         user, colon, _ = rest[:cut].partition(":")
-        shown = "{}:{}".format(user, HIDDEN) if colon and user else HIDDEN
+        shown = "{}:{}".format(user, HIDDEN) if colon and user and not strict else HIDDEN
         scheme, rest = scheme + shown + "@", rest[cut + 1:]
     end = len(rest)
     for stop in ("?", "#"):
@@ -57,7 +58,7 @@ def redact_url(url: str, hide_query: bool = True) -> str:
     head, tail = rest[:end], rest[end:]
     if not tail:
         return scheme + head
-    if hide_query:
+    if strict:
         return scheme + head + "?<hidden>"
     return scheme + head + _redact_query(tail)
 
@@ -92,7 +93,7 @@ def redact_text(text: str) -> str:
     if not text:
         return text
     text = _PROPERTY.sub(_redact_property, text)
-    text = _QUOTED_URL.sub(lambda m: '"{}"'.format(redact_url(m.group(1), hide_query=False)),
+    text = _QUOTED_URL.sub(lambda m: '"{}"'.format(redact_url(m.group(1), strict=False)),
                            text)
     return _BARE_URL.sub(lambda m: _redact_bare(m.group(0)), text)
 
@@ -105,4 +106,4 @@ def _redact_property(match: Any) -> str:
 
 
 def _redact_bare(url: str) -> str:
-    return redact_url(url, hide_query=False) if "://" in url else url
+    return redact_url(url, strict=False) if "://" in url else url

@@ -648,10 +648,10 @@ def test_camera_credentials_are_hidden_everywhere(uri):
 def test_one_redaction_rule_for_downloads_and_cameras():
     from agent.download import redact_url
     assert redact_url("https://u:tok@h/m.onnx?X-Amz-Signature=abc") == \
-        "https://u:***@h/m.onnx?<hidden>"
+        "https://***@h/m.onnx?<hidden>"
     assert redact_url("https://h/pkg@1.2/m.onnx") == "https://h/pkg@1.2/m.onnx"
     assert redact_url("https://tok3n@h/m.onnx") == "https://***@h/m.onnx"
-    assert redact_url("https://u:p[w@h/m.onnx") == "https://u:***@h/m.onnx"
+    assert redact_url("https://u:p[w@h/m.onnx") == "https://***@h/m.onnx"
     assert redact_uri("rtsp://h:554/x?codec=h265&token=t1") == "rtsp://h:554/x?codec=h265&token=***"
 
 
