@@ -375,13 +375,19 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
         parts = key.split(".")
         for part in parts[:-1]:
             parent = parent[part]
-        if parent[parts[-1]] is not None:
-            value = os.path.expanduser(parent[parts[-1]])
-            parent[parts[-1]] = os.path.normpath(os.path.join(base_dir, value))
+        value = parent.get(parts[-1])
+        if isinstance(value, list):  # a list of paths (directories)
+            parent[parts[-1]] = [_absolute(base_dir, v) for v in value]
+        elif value is not None:
+            parent[parts[-1]] = _absolute(base_dir, value)
     config = Config(values, os.path.abspath(path) if path else None, base_dir)
     _cross_checks(config)
     _check_paths(config)
     return config
+
+
+def _absolute(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
 
 
 def _decode(path: str, raw: bytes) -> str:
