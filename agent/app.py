@@ -28,6 +28,7 @@ from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
 from .cameras import redact_uri
+from .redact import redact_text
 from .sources import Frame, FrameSlot, Pacer, Source, source_from_config
 from .telemetry import StageStats
 
@@ -189,6 +190,7 @@ class Agent(object):
         self._probation_lock = threading.Lock()
         self._recent_infer = collections.deque(maxlen=50)  # type: Any
         self._reload_requested = threading.Event()
+        self._spool_retry_at = 0.0
 
     # ---------------------------------------------------------------- status and events
     def status_payload(self) -> Dict[str, Any]:
@@ -229,6 +231,8 @@ class Agent(object):
         """Record (reason) or clear (None) a reason for `degraded`; on a change republish the
         status and say so on the events topic (command `health`)."""
         changed = False
+        if reason is not None:
+            reason = redact_text(reason)  # camera credentials in a source error, say
         with self._state_lock:
             if reason is None:
                 changed = self.problems.pop(key, None) is not None
@@ -268,27 +272,59 @@ class Agent(object):
             self.link.publish("events", event, kind="event", qos=1)
 
     # ---------------------------------------------------------------- model handling
-    CONFIGURED_MARKER = "configured-model"
+    # Remembers the model.name of the last start. A dot name: model names cannot start with
+    # '.', so no model's directory can collide with it (the old name could: LEGACY_MARKER).
+    CONFIGURED_MARKER = ".configured-model"
+    LEGACY_MARKER = "configured-model"
+
+    def _last_configured(self) -> Optional[str]:
+        """model.name at the last start; moves a marker of the old name out of the way of a
+        model called `configured-model`."""
+        from .models import write_atomic
+        marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
+        legacy = os.path.join(self.store.root, self.LEGACY_MARKER)
+        for path in (marker, legacy):
+            if not os.path.isfile(path):
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    last = handle.read().decode("utf-8", "replace").strip()
+                if path == legacy:
+                    write_atomic(marker, last.encode("utf-8"))
+                    os.remove(legacy)
+            except OSError as exc:
+                log.warning("model store: cannot read or move %s: %s", path, exc)
+                return None
+            return last
+        return None
+
+    def _store_lost_its_models(self) -> bool:
+        """The record names versions whose directories are gone (deleted by hand): neither the
+        active nor the previous one can load, so the configured model is imported again."""
+        refs = [r for r in (self.store.active_ref(), self.store.previous_ref()) if r]
+        return bool(refs) and not any(
+            os.path.isdir(os.path.join(self.store.root, r[0], r[1])) for r in refs)
 
     def _seed_store(self, errors: List[str]) -> None:
-        """Put the configured model in the store when the store is empty or config.model.name
-        changed since the last start; otherwise the store's active record wins (it holds what
-        operators installed over MQTT)."""
+        """Put the configured model in the store when the store is empty (or emptied by hand)
+        or config.model.name changed since the last start; otherwise the store's active record
+        wins (it holds what operators installed over MQTT)."""
         name = self.config.model.name
-        marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
-        try:
-            with open(marker, "r", encoding="utf-8") as handle:
-                last = handle.read().strip()
-        except OSError:
-            last = None
+        last = self._last_configured()
         active = self.store.active_ref()
-        if active is not None and (last == name or active[0] == name):
+        if active is not None and self._store_lost_its_models():
+            log.warning("model store: the versions its record names (active: %s@%s) are gone "
+                        "from %s; importing the configured model %s again", active[0],
+                        active[1], self.store.root, name)
+            active = None
+        elif active is not None and (last == name or active[0] == name):
             return
         try:
             package = self.store.import_package(find_bundled_package(self.config, name).root)
             self.store.activate(package.name, package.version)
             from .models import write_atomic
-            write_atomic(marker, name.encode("utf-8"))
+            write_atomic(os.path.join(self.store.root, self.CONFIGURED_MARKER),
+                         name.encode("utf-8"))
             log.info("model store: %s is the configured model, now active", package.ref)
         except AgentError as exc:
             if active is not None:
@@ -754,15 +790,36 @@ class Agent(object):
     # ---------------------------------------------------------------- lifecycle
     def _start_link(self) -> None:
         from .mqtt import MqttLink
-        from .spool import Spool
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.spool = Spool(os.path.join(self.state_dir, "spool.db"),
-                           max_messages=self.config.mqtt.spool_max_messages)
+        from .spool import FallbackSpool
+        # A spool that cannot be opened (disk full, spool.db unusable) is no reason to stop:
+        # messages wait in memory meanwhile, the status says so, and _check_spool moves them
+        # to the file when it opens again.
+        self.spool = FallbackSpool(os.path.join(self.state_dir, "spool.db"),
+                                   max_messages=self.config.mqtt.spool_max_messages)
         self.link = MqttLink(self.config.mqtt, self.device_id, self.config.device.group,
                              self.spool, on_command=self.handle_command,
                              will_payload={"state": "offline", "device": self.device_id,
                                            "agent": __version__, "reason": "connection lost"})
         self.link.start()
+        self._spool_retry_at = time.monotonic() + self.SPOOL_RETRY_S
+        self._note_spool_fault()
+
+    # Seconds between attempts to reopen a spool file that could not be opened.
+    SPOOL_RETRY_S = 2.0
+
+    def _note_spool_fault(self) -> None:
+        fault = getattr(self.spool, "fault", None)
+        self.problem("spool", None if fault is None else
+                     "{}; messages wait in memory (lost if the agent stops) until it can be "
+                     "opened: free disk space or fix device.state_dir".format(fault))
+
+    def _check_spool(self) -> None:
+        """Main thread: while the spool is in memory, try the file again now and then."""
+        if getattr(self.spool, "fault", None) is None or time.monotonic() < self._spool_retry_at:
+            return
+        self._spool_retry_at = time.monotonic() + self.SPOOL_RETRY_S
+        self.spool.recover()
+        self._note_spool_fault()
 
     def _start_models(self) -> None:
         from .commands import ModelManager
@@ -859,6 +916,7 @@ class Agent(object):
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload_config()
+            self._check_spool()
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("ran for %.1f s (--duration)", self.duration)
                 self.stop.set()
@@ -876,9 +934,12 @@ class Agent(object):
         path = self.config.source_path
         try:
             new = load_config(path, self._overrides)
-        except AgentError as exc:
-            log.error("reload: keeping the running config: %s", exc)
-            self.emit_event({"command": "reload", "state": "failed", "error": str(exc)})
+        except Exception as exc:  # whatever is wrong with the file, the agent keeps serving
+            error = str(exc) if isinstance(exc, AgentError) else \
+                "config file {}: cannot be loaded: {}: {}".format(path, type(exc).__name__, exc)
+            error = redact_text(error)
+            log.error("reload: keeping the running config: %s", error)
+            self.emit_event({"command": "reload", "state": "failed", "error": error})
             if self.notifier is not None:
                 self.notifier.ready(self.status_line())
             return []
@@ -945,7 +1006,10 @@ class Agent(object):
         payload["reason"] = "shutdown"
         self.link.publish("status", payload, kind="status", retain=True, qos=1)
         drained = self.link.flush(3.0)
-        if not drained:
+        if not drained and getattr(self.spool, "fault", None) is not None:
+            log.error("broker unreachable at shutdown and the spool file unusable: %d messages "
+                      "held in memory are lost", len(self.spool))
+        elif not drained:
             log.warning("broker unreachable at shutdown: %d messages stay spooled in %s and "
                         "are sent at the next start", len(self.spool), self.spool.path)
         self.link.stop(timeout=0.5)

@@ -27,11 +27,12 @@ import threading
 import time
 from fractions import Fraction
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlunsplit
 
 import numpy as np
 
 from .errors import SourceError
+from .redact import redact_text
 from .sources import FLIP_CODES, Source, register_scheme
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,9 @@ def rtsp_pipeline(url: str, codec: str = "h264", latency: int = 200,
 
 
 def redact_uri(uri: str) -> str:
-    """The URI with a password replaced by ***, fit for logs, errors and status messages."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:
-        return uri
-    if not password:
-        return uri
-    netloc = parts.netloc
-    userinfo, _, hostport = netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit((parts.scheme, "{}:***@{}".format(user, hostport), parts.path,
-                       parts.query, parts.fragment))
+    """The URI (or gst:// pipeline) with credentials hidden, fit for logs, errors and status
+    messages; see agent/redact.py. Never passes an unparsable URI through."""
+    return redact_text(uri)
 
 
 def gstreamer_in_build(build_info: str) -> bool:
@@ -253,6 +244,7 @@ class _Session(object):
         self.thread = None  # type: Optional[threading.Thread]
 
     def fail(self, message: str) -> None:
+        message = redact_text(message)  # it may quote OpenCV's error, pipeline and all
         with self.cond:
             if self.error is None:
                 self.error = message
@@ -310,8 +302,8 @@ class CameraSource(Source):
         return redact_uri(self.uri)
 
     def safe_pipeline(self) -> str:
-        """The pipeline as shown in logs and errors (RTSP hides the password)."""
-        return self.pipeline if self.pipeline is not None else "none"
+        """The pipeline as shown in logs and errors: credentials hidden."""
+        return redact_text(self.pipeline) if self.pipeline is not None else "none"
 
     def open(self) -> None:
         try:
@@ -418,7 +410,7 @@ class GstSource(CameraSource):
                                                  getattr(cv2, "__file__", "?")))
 
     def describe(self) -> str:
-        return self.uri
+        return redact_uri(self.uri)
 
 
 class CsiSource(GstSource):
@@ -459,12 +451,6 @@ class RtspSource(GstSource):
         self.codec = codec
         self.hw_decode = hw_decode
         self.pipeline = rtsp_pipeline(url, codec, latency, hw_decode)
-
-    def describe(self) -> str:
-        return redact_uri(self.uri)
-
-    def safe_pipeline(self) -> str:
-        return (self.pipeline or "").replace(gst_quote(self.url), gst_quote(redact_uri(self.url)))
 
     def _open_error(self) -> str:
         return ("source {}: could not open the RTSP stream (pipeline: {}); check the URL, "

@@ -7,10 +7,12 @@ Relative paths in the file are relative to the directory holding the config file
 """
 
 import copy
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ConfigError
+from .redact import redact_text
 
 
 class Field(object):
@@ -19,7 +21,7 @@ class Field(object):
     def __init__(self, kind: str, default: Any = None, nullable: bool = False,
                  choices: Optional[Sequence[Any]] = None, minimum: Optional[float] = None,
                  maximum: Optional[float] = None, item: Optional[str] = None,
-                 secret: bool = False, doc: str = "") -> None:
+                 secret: Any = False, doc: str = "") -> None:
         self.kind = kind          # str, int, float, bool, list
         self.default = default
         self.nullable = nullable
@@ -27,7 +29,7 @@ class Field(object):
         self.minimum = minimum
         self.maximum = maximum
         self.item = item          # element kind for lists
-        self.secret = secret
+        self.secret = secret      # True: shown as ***; "url": shown with credentials hidden
         self.doc = doc
 
     def check(self, path: str, value: Any) -> Any:
@@ -46,6 +48,9 @@ class Field(object):
                         raise ConfigError("config: {}[{}]: {!r} is not one of {}".format(
                             path, i, v, ", ".join(str(c) for c in self.choices)))
             return value
+        if self.kind == "float" and (math.isnan(value) or math.isinf(value)):
+            raise ConfigError("config: {}: {!r} is not a finite number; give a number such "
+                              "as {!r}".format(path, value, self.default))
         if self.choices is not None and value not in self.choices:
             raise ConfigError("config: {}: {!r} is not one of {}".format(
                 path, value, ", ".join(str(c) for c in self.choices)))
@@ -111,7 +116,8 @@ SCHEMA = {
         "spool_max_messages": F("int", 10000, minimum=100),
     },
     "source": {
-        "uri": F("str", "file://models/samples"),
+        "uri": F("str", "file://models/samples", secret="url",
+                 doc="camera URIs may hold credentials: shown with them hidden"),
         "width": F("int", 1280, minimum=16, maximum=8192),
         "height": F("int", 720, minimum=16, maximum=8192),
         "fps": F("float", 30.0, minimum=0.0, maximum=1000.0,
@@ -173,9 +179,13 @@ SCHEMA = {
     },
 }
 
-# Keys holding file paths: made absolute against the config file's directory.
-PATH_KEYS = ("device.state_dir", "mqtt.password_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file",
-             "mqtt.tls.key_file", "backend.calibration_dir", "updates.public_key_file", "updates.ca_file")
+# Keys holding paths: made absolute against the config file's directory once, at load.
+DIR_KEYS = ("device.state_dir", "backend.calibration_dir")
+FILE_KEYS = ("mqtt.password_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file",
+             "updates.public_key_file", "updates.ca_file")
+PATH_KEYS = DIR_KEYS + FILE_KEYS
+# Kernel pseudo-filesystems: no place for models, engines and the spool.
+PSEUDO_FS = ("/proc", "/sys", "/dev")
 
 
 class Section(object):
@@ -230,8 +240,10 @@ class Config(Section):
                 parts = path.split(".")
                 for part in parts[:-1]:
                     parent = parent[part]
-                if parent.get(parts[-1]) is not None:
-                    parent[parts[-1]] = "***"
+                value = parent.get(parts[-1])
+                if value is not None:
+                    parent[parts[-1]] = redact_text(str(value)) if field.secret == "url" \
+                        else "***"
         return data
 
     def resolve(self, path: str) -> str:
@@ -335,8 +347,9 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
                 raise ConfigError("config file {} does not exist; pass -c with the path of your "
                                   "config.yaml (the repository has a documented one)".format(path))
             try:
-                with open(path, "r", encoding="utf-8") as handle:
-                    data = yaml.safe_load(handle)
+                with open(path, "rb") as handle:
+                    raw = handle.read()
+                data = yaml.safe_load(_decode(path, raw))
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 where = " at line {}, column {}".format(mark.line + 1, mark.column + 1) \
@@ -362,11 +375,61 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
         parts = key.split(".")
         for part in parts[:-1]:
             parent = parent[part]
-        if parent[parts[-1]] is not None:
-            parent[parts[-1]] = os.path.expanduser(parent[parts[-1]])
+        value = parent.get(parts[-1])
+        if isinstance(value, list):  # a list of paths (directories)
+            parent[parts[-1]] = [_absolute(base_dir, v) for v in value]
+        elif value is not None:
+            parent[parts[-1]] = _absolute(base_dir, value)
     config = Config(values, os.path.abspath(path) if path else None, base_dir)
     _cross_checks(config)
+    _check_paths(config)
     return config
+
+
+def _absolute(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def _decode(path: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError("config file {}: not UTF-8 text (byte 0x{:02x} on line {}); save it "
+                          "as UTF-8".format(path, raw[exc.start], line))
+
+
+def _check_paths(config: Config) -> None:
+    """Path keys name what exists: a set file key a readable file, state_dir a directory (or
+    one that can be made) on a real filesystem. Relative paths were resolved against the
+    config file's directory, which the message names."""
+    where = " (relative paths are relative to {})".format(config.base_dir)
+    state = config.device.state_dir
+    real = os.path.realpath(state)
+    for pseudo in PSEUDO_FS:
+        if real == pseudo or real.startswith(pseudo + "/"):
+            raise ConfigError("config: device.state_dir: {} is on the kernel's {} pseudo-"
+                              "filesystem; set it to a directory on disk, e.g. "
+                              "/var/lib/edge-agent".format(state, pseudo))
+    if os.path.exists(state) and not os.path.isdir(state):
+        raise ConfigError("config: device.state_dir: {} is a file, not a directory; set it to "
+                          "a directory for models, engines and the spool{}".format(state, where))
+    calib = config.backend.calibration_dir
+    if calib is not None and not os.path.isdir(calib):
+        raise ConfigError("config: backend.calibration_dir: {} is not a directory of images{}"
+                          .format(calib, where))
+    for key in FILE_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if not os.path.exists(value):
+            raise ConfigError("config: {}: {} does not exist; fix the path or remove the "
+                              "key{}".format(key, value, where))
+        if not os.path.isfile(value):
+            raise ConfigError("config: {}: {} is not a file{}".format(key, value, where))
+        if not os.access(value, os.R_OK):
+            raise ConfigError("config: {}: {} is not readable by this user (uid {}); fix its "
+                              "permissions".format(key, value, os.getuid()))
 
 
 def _cross_checks(config: Config) -> None:

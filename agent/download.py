@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, redact
 from .atomicfile import atomic_file, write_all
 from .errors import AgentError
 
@@ -62,23 +62,8 @@ class DownloadCancelled(DownloadError):
 
 
 def redact_url(url: str) -> str:
-    """The URL fit for messages and logs: no user:password, query string or fragment."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = "[{}]".format(host)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (":{}".format(port) if port else "")
-    shown = "{}://{}{}".format(parts.scheme, netloc, parts.path)
-    if parts.query or parts.fragment:
-        shown += "?<hidden>"
-    return shown
+    """The URL fit for messages and logs: credentials, query string and fragment hidden."""
+    return redact.redact_url(url, strict=True)
 
 
 def check_sha256(value: Any, what: str = "sha256") -> str:

@@ -17,6 +17,11 @@ LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 TASKS = ("classification",)
+# Input size limits: a 4096x4096 RGB float32 tensor is already 200 MB, more than a Nano can
+# spare; bigger manifests are mistakes (or attacks) that would fail in OpenCV or the backend.
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE  # height x width x batch
+MAX_RESIZE_SIDE = 8192
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -181,6 +186,7 @@ class ModelPackage(object):
             raise ModelError("{}: input.shape: {!r} must be four positive integers, e.g. "
                              "[1, 3, 224, 224]".format(where, shape))
         layout = ic.choice(inp, "layout", LAYOUTS, default="NCHW")
+        _check_pixel_budget(where, shape, layout)
         channels = shape[1] if layout == "NCHW" else shape[3]
         if channels != 3:
             raise ModelError("{}: input.shape: {!r} has {} channels for layout {}; only 3-channel "
@@ -199,6 +205,10 @@ class ModelPackage(object):
                 raise ModelError("{}: input.resize.size: {!r} must be an integer >= the input's "
                                  "side ({}) for mode shorter_side_crop".format(
                                      where, size, min_side))
+            if size > MAX_RESIZE_SIDE:
+                raise ModelError("{}: input.resize.size: {} is over the limit of {} pixels; "
+                                 "frames are resized to it before the crop".format(
+                                     where, size, MAX_RESIZE_SIDE))
         mean = _triple(where, "input.mean", inp.get("mean", [0.0, 0.0, 0.0]))
         std = _triple(where, "input.std", inp.get("std", [1.0, 1.0, 1.0]))
         if any(s == 0 for s in std):
@@ -216,13 +226,35 @@ class ModelPackage(object):
         return cls(root, name, version, task, file, sha, labels, input_spec, output_spec, raw)
 
 
+def _check_pixel_budget(where: str, shape: List[int], layout: str) -> None:
+    """Refuse input shapes no frame buffer here could hold, before OpenCV or the backend
+    fails to allocate them (it raises, or the OOM killer ends the agent)."""
+    batch, (height, width) = shape[0], (shape[2:4] if layout == "NCHW" else shape[1:3])
+    if height > MAX_INPUT_SIDE or width > MAX_INPUT_SIDE or \
+            batch * height * width > MAX_INPUT_PIXELS:
+        raise ModelError("{}: input.shape: {!r} asks for {} pixels per inference (batch x "
+                         "height x width), over the limit of {} (each side at most {}); use "
+                         "the model's real input size".format(
+                             where, shape, batch * height * width, MAX_INPUT_PIXELS,
+                             MAX_INPUT_SIDE))
+
+
 def load_labels(path: str) -> List[str]:
-    """One class name per line; blank trailing lines ignored."""
+    """One class name per line (UTF-8); blank trailing lines ignored."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            lines = [line.rstrip("\r\n") for line in handle]
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         raise ModelError("labels file {}: {}".format(path, exc))
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte order mark is no part of the first label
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError("labels file {}: not UTF-8 text (byte 0x{:02x} on line {}); save it "
+                         "as UTF-8, one class name per line".format(
+                             path, data[exc.start], data[:exc.start].count(b"\n") + 1))
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     return lines

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from .errors import SourceError
+from .redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -283,19 +284,30 @@ register_scheme("synthetic", _synthetic_factory)
 
 def make_source(uri: str, base_dir: str = ".", width: int = 1280, height: int = 720,
                 fps: float = 30.0, loop: bool = True, flip: str = "none") -> Source:
-    """The source for `uri` (not yet opened)."""
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if not scheme:
-        # A bare path is a file source: friendlier than refusing it.
-        parts = urlsplit("file://" + uri)
-        scheme = "file"
+    """The source for `uri` (not yet opened). Errors never show the URI's credentials."""
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if not scheme:
+            # A bare path is a file source: friendlier than refusing it.
+            parts = urlsplit("file://" + uri)
+            scheme = "file"
+    except ValueError as exc:  # e.g. an unescaped '[' in a camera password
+        raise SourceError("source {}: not a valid URI ({}); percent-encode special characters "
+                          "in the user name and password (e.g. '[' as %5B)".format(
+                              redact_text(uri), redact_text(str(exc))))
     factory = _SCHEMES.get(scheme)
     if factory is None:
         raise SourceError("source {}: unknown scheme {!r}; use one of {}".format(
-            uri, scheme, ", ".join(s + "://" for s in sorted(_SCHEMES))))
-    return factory(uri, parts, base_dir, width=width, height=height, fps=fps, loop=loop,
-                   flip=flip)
+            redact_text(uri), scheme, ", ".join(s + "://" for s in sorted(_SCHEMES))))
+    try:
+        return factory(uri, parts, base_dir, width=width, height=height, fps=fps, loop=loop,
+                       flip=flip)
+    except SourceError as exc:
+        raise SourceError(redact_text(str(exc)))
+    except ValueError as exc:  # urllib on a bad port or host, deep in a factory
+        raise SourceError("source {}: not a valid URI ({})".format(
+            redact_text(uri), redact_text(str(exc))))
 
 
 def source_from_config(section: Any, base_dir: str, **changes: Any) -> Source:

@@ -44,6 +44,13 @@ database, or one written with an unknown schema version, is renamed to
 file never stops the agent.
 I/O errors during operation (disk full, read-only filesystem) are raised as `sqlite3.Error`
 for the caller to handle.
+
+A spool that cannot be opened at all (disk full, a read-only or missing state_dir, spool.db
+made a directory) must not stop the agent: `FallbackSpool` then keeps the same bounded,
+ordered outbox in memory (an SQLite `:memory:` database, so the bound policy is the very
+same code), says why in `fault`, and `recover()` moves every pending message to the file, ids
+unchanged, once it opens again. Messages held in memory are lost only if the process ends
+before that.
 """
 
 import logging
@@ -64,6 +71,8 @@ SCHEMA_VERSION = 1
 WAL_AUTOCHECKPOINT_PAGES = 1000
 # After a checkpoint, truncate the WAL file back to this size so it does not keep flash space.
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# The path of a spool kept in memory (SQLite's own name for it).
+MEMORY = ":memory:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -110,8 +119,8 @@ class Spool(object):
         self._lock = threading.Lock()
         self._over_bound_warned = False
         self._dropping_warned = False
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        if self.path != MEMORY:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         try:
             self._conn = self._open()  # type: Optional[sqlite3.Connection]
         except CorruptSpool as exc:
@@ -131,7 +140,7 @@ class Spool(object):
                                check_same_thread=False)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            if str(mode).lower() != "wal" and self.path != MEMORY:
                 log.warning("spool: %s: filesystem does not support WAL (journal_mode=%s); "
                             "the spool still works, with slower writes", self.path, mode)
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -281,6 +290,54 @@ class Spool(object):
             rows = self._connection().execute("SELECT kind, n FROM dropped").fetchall()
         return dict((kind, n) for kind, n in rows)
 
+    def last_id(self) -> int:
+        """The highest id this spool has given out (0 when none), acked messages included."""
+        with self._lock:
+            row = self._connection().execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def adopt(self, other: "Spool") -> int:
+        """Move every pending message of `other` (a memory spool) here, keeping their ids, so
+        a sender that already handed some of them to the broker still acks them by id. What
+        this file held before (from an earlier run) follows them, minus retained status the
+        adopted messages supersede. Adds `other`'s drop counts. Returns the number moved."""
+        rows = other.pending(max(1, len(other)) + 1000000)
+        dropped = other.dropped()
+        floor = other.last_id()
+        newest_status = set(m.topic for m in rows if m.kind == "status" and m.retain)
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                earlier = conn.execute("SELECT topic, payload, qos, retain, kind, created_ts "
+                                       "FROM outbox ORDER BY id").fetchall()
+                conn.execute("DELETE FROM outbox")
+                conn.executemany("INSERT INTO outbox (id, topic, payload, qos, retain, kind, "
+                                 "created_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [(m.id, m.topic, m.payload, m.qos, int(m.retain), m.kind,
+                                   m.created_ts) for m in rows])
+                # Ids chosen by SQLite from here on are above every id `other` ever gave
+                # out, acked ones included: the sender pages on from the last it saw.
+                if conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = "
+                                "'outbox'", (floor,)).rowcount == 0:
+                    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+                                 (floor,))
+                conn.executemany("INSERT INTO outbox (topic, payload, qos, retain, kind, "
+                                 "created_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                                 [r for r in earlier
+                                  if not (r[4] == "status" and r[3] and r[0] in newest_status)])
+                for kind, n in dropped.items():
+                    if n:
+                        conn.execute("UPDATE dropped SET n = n + ? WHERE kind = ?", (n, kind))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._counts = self._load_counts()
+        return len(rows)
+
     def close(self) -> None:
         """Close the file (checkpointing the WAL); further calls raise RuntimeError."""
         with self._lock:
@@ -314,3 +371,86 @@ class Spool(object):
             log.warning("spool: %s holds %d messages, over its bound of %d, because events "
                         "(%d) and status (%d) are never dropped", self.path, total,
                         self.max_messages, counts.get("event", 0), counts.get("status", 0))
+
+
+class FallbackSpool(object):
+    """The on-disk Spool at `path`, or, while that cannot be opened, one in memory with the
+    same bound; the Spool API either way. `fault` says why it is in memory (None on disk);
+    `recover()` tries the file again and moves the pending messages there."""
+
+    def __init__(self, path: str, max_messages: int = 10000) -> None:
+        self.path = str(path)
+        self.max_messages = int(max_messages)
+        self.fault = None  # type: Optional[str]
+        self._lock = threading.RLock()
+        try:
+            self._spool = Spool(self.path, self.max_messages)
+        except (sqlite3.Error, OSError) as exc:
+            self.fault = self._reason(exc)
+            log.error("spool: %s; keeping outgoing messages in memory until it works "
+                      "(they are lost if the agent stops before that)", self.fault)
+            self._spool = Spool(MEMORY, self.max_messages)
+
+    def _reason(self, exc: BaseException) -> str:
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if os.path.isdir(self.path):
+            detail += " (it is a directory)"
+        return "{} cannot be opened: {}".format(self.path, detail)
+
+    def recover(self) -> bool:
+        """True when the spool is on disk (again); on the way, the messages held in memory
+        move to the file with their ids."""
+        with self._lock:
+            if self.fault is None:
+                return True
+            try:
+                disk = Spool(self.path, self.max_messages)
+            except (sqlite3.Error, OSError) as exc:
+                self.fault = self._reason(exc)
+                return False
+            try:
+                moved = disk.adopt(self._spool)
+            except (sqlite3.Error, OSError) as exc:
+                disk.close()
+                self.fault = self._reason(exc)
+                return False
+            self._spool.close()
+            self._spool = disk
+            self.fault = None
+        log.info("spool: %s works again; moved %d pending messages to it from memory",
+                 self.path, moved)
+        return True
+
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str) -> int:
+        with self._lock:
+            return self._spool.put(topic, payload, qos, retain, kind)
+
+    def pending(self, limit: int, after_id: int = 0) -> List[SpooledMessage]:
+        with self._lock:
+            return self._spool.pending(limit, after_id)
+
+    def ack(self, msg_id: int) -> bool:
+        with self._lock:
+            return self._spool.ack(msg_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._spool)
+
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            return self._spool.counts()
+
+    def dropped(self) -> Dict[str, int]:
+        with self._lock:
+            return self._spool.dropped()
+
+    def close(self) -> None:
+        with self._lock:
+            self._spool.close()
+
+    def __enter__(self) -> "FallbackSpool":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

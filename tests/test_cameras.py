@@ -620,3 +620,68 @@ def test_agent_in_process_goes_degraded_and_back_when_the_camera_fails(broker, r
         agent.stop.set()
         runner.join(60)
     assert result == [0]
+
+
+# ---------------------------------------------------------------- credentials never shown
+
+@pytest.mark.parametrize("uri", [
+    "gst://rtspsrc location=rtsp://cam:PW7731x@127.0.0.1:9/s latency=0 ! decodebin ! appsink",
+    'gst://rtspsrc location="rtsp://cam:PW7731x !x@127.0.0.1:9/s" ! decodebin ! appsink',
+    "gst://rtspsrc location=rtsp://127.0.0.1:9/s user-id=cam user-pw=PW7731x ! appsink",
+    "rtsp://cam:PW7731x@127.0.0.1:9/s",
+    "rtsp://cam:PW7731x[@127.0.0.1:9/s",       # urllib cannot parse it (unbalanced '[')
+    "rtsp://cam:PW7731x@127.0.0.1:port/s",      # nor the port
+    "rtsp://cam:PW/7731x@127.0.0.1:9/s",        # an unescaped '/' in the password
+    "rtsp://cam:PW?7731x@127.0.0.1:9/s",
+    "rtsp://127.0.0.1:9/s?user=cam&password=PW7731x",
+    "ftp://cam:PW7731x@127.0.0.1/s",            # an unknown scheme
+])
+def test_camera_credentials_are_hidden_everywhere(uri):
+    from agent.config import load_config
+    shown = redact_uri(uri)
+    assert "7731x" not in shown and "***" in shown, shown
+    try:
+        src = make_source(uri)
+    except SourceError as exc:  # refused: the refusal hides the password too
+        assert "7731x" not in str(exc), str(exc)
+    else:
+        assert "7731x" not in src.describe() and "7731x" not in src.safe_pipeline()
+        assert "7731x" not in src._open_error()
+    redacted = load_config(None, ["source.uri=" + uri]).redacted()
+    assert "7731x" not in str(redacted) and redacted["source"]["uri"] == shown
+
+
+def test_one_redaction_rule_for_downloads_and_cameras():
+    from agent.download import redact_url
+    assert redact_url("https://u:tok@h/m.onnx?X-Amz-Signature=abc") == \
+        "https://***@h/m.onnx?<hidden>"
+    assert redact_url("https://h/pkg@1.2/m.onnx") == "https://h/pkg@1.2/m.onnx"
+    assert redact_url("https://tok3n@h/m.onnx") == "https://***@h/m.onnx"
+    assert redact_url("https://u:p[w@h/m.onnx") == "https://***@h/m.onnx"
+    assert redact_uri("rtsp://h:554/x?codec=h265&token=t1") == "rtsp://h:554/x?codec=h265&token=***"
+
+
+@pytest.mark.parametrize("uri", [
+    "gst://rtspsrc location=rtsp://cam:PW5521q@127.0.0.1:9/s latency=0 ! decodebin ! "
+    "videoconvert ! appsink",
+    "rtsp://cam:PW5521q[@127.0.0.1:9/s",  # urllib cannot parse it
+])
+def test_camera_password_never_reaches_mqtt_or_the_log(broker, recorder, run_agent, uri):
+    """The real agent on a camera it cannot open, logging at DEBUG: the retained status, the
+    health events and every log line show the URI with the password hidden."""
+    device = "campw" + str(len(uri))
+    since = recorder.mark()
+    proc = run_agent(device, "--set", "source.uri=" + uri, "--set", "logging.level=DEBUG")
+    status = recorder.wait_topic(device + "/status", lambda p: p.get("state") == "degraded" and
+                                 "source" in p.get("detail", ""), 90, "degraded status",
+                                 since=since)
+    assert "cam:***@127.0.0.1:9/s" in status["source"], status
+    recorder.wait_topic(device + "/events", lambda p: p.get("command") == "health" and
+                        p.get("detail") == "source", 30, "a health event", since=since)
+    proc.signal(15)
+    assert proc.wait(30) == 0, proc.err
+    with recorder.cond:
+        published = json.dumps([m for m in recorder.messages[since:] if device in m[0]])
+    assert "PW5521q" not in published
+    assert "PW5521q" not in proc.err and "cam:***@" in proc.err
+    assert "config (secrets hidden)" in proc.err and "Traceback" not in proc.err

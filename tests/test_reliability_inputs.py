@@ -160,6 +160,69 @@ def test_disk_full_during_a_download_is_reported_and_serving_continues(
         server.close()
 
 
+def _fill(directory):
+    """Write a filler file until the filesystem says it is full; returns its path."""
+    import errno
+    path = os.path.join(str(directory), "filler")
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * (1 << 16))
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return path
+
+
+@pytest.mark.parametrize("fault", ["disk full", "spool.db is a directory"])
+def test_agent_starts_without_a_usable_spool_and_recovers_it(
+        broker, recorder, run_agent, tmp_path, request, fault):
+    """Start with the disk full (a real tmpfs) or spool.db unusable: the agent serves anyway
+    (predictions arrive), the status says degraded and why, and once the fault is cleared the
+    spool is back on disk and the status is serving again."""
+    device = "nospool" + str(len(fault))
+    source = ("--set", "source.uri=synthetic://?fps=10")
+    if fault == "disk full":
+        state = request.getfixturevalue("small_disk")
+        first = run_agent(device, "--set", "device.state_dir={}".format(state), *source,
+                          "--max-frames", "2")  # imports the model, makes spool.db
+        assert first.wait(120) == 0, first.err
+        for name in os.listdir(str(state)):
+            if name.startswith("spool.db"):
+                os.remove(os.path.join(str(state), name))
+        filler = _fill(state)
+        clear = lambda: os.remove(filler)  # noqa: E731
+        expected = "disk is full"
+    else:
+        state = tmp_path / "s"
+        (state / "spool.db").mkdir(parents=True)
+        clear = lambda: (state / "spool.db").rmdir()  # noqa: E731
+        expected = "it is a directory"
+    since = recorder.mark()
+    proc = run_agent(device, "--set", "device.state_dir={}".format(state), *source)
+    degraded = recorder.wait_topic(device + "/status", lambda p: p.get("state") == "degraded",
+                                   90, "degraded status", since=since)
+    assert "spool.db cannot be opened" in degraded["detail"], degraded
+    assert expected in degraded["detail"] and "messages wait in memory" in degraded["detail"]
+    mark = recorder.mark()
+    recorder.wait_topic(device + "/predictions", lambda p: True, 30, "predictions while degraded",
+                        since=mark)
+    clear()
+    recorder.wait_topic(device + "/events", lambda p: p.get("command") == "health" and
+                        p["detail"] == "spool" and p["state"] == "recovered", 30,
+                        "the spool recovered", since=mark)
+    recorder.wait_topic(device + "/status", lambda p: p.get("state") == "serving", 30,
+                        "serving again", since=mark)
+    assert os.path.isfile(os.path.join(str(state), "spool.db"))
+    mark = recorder.mark()
+    recorder.wait_topic(device + "/predictions", lambda p: True, 30, "predictions after",
+                        since=mark)
+    proc.signal(15)
+    assert proc.wait(30) == 0, proc.err
+    assert "Traceback" not in proc.err, proc.err
+    print("{}: degraded ({}), recovered once cleared".format(fault, degraded["detail"][:120]))
+
+
 # ---------------------------------------------------------------- a camera that disappears
 
 

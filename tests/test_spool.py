@@ -363,3 +363,94 @@ def test_throughput_figure(tmp_path):
 
 def test_kinds_are_the_mqtt_contract_ones():
     assert set(KINDS) == {"event", "telemetry", "prediction", "status"}
+
+
+# ---------------------------------------------------------------- a spool that cannot be opened
+
+def test_unopenable_spool_keeps_messages_in_memory_and_moves_them_to_the_file(tmp_path):
+    """spool.db is a directory (or the disk is full): the fallback spool still queues in order
+    with the same bound; when the file can be opened again every pending message moves to it
+    with its id, so a sender that handed some to the broker still acks them."""
+    from agent.spool import FallbackSpool
+    path = tmp_path / "spool.db"
+    path.mkdir()
+    spool = FallbackSpool(str(path), max_messages=100)
+    assert spool.fault is not None and str(path) in spool.fault and "directory" in spool.fault
+    ids = [put_kind(spool, "prediction", b"p%d" % i) for i in range(5)]
+    put_kind(spool, "status", b"s-old")
+    put_kind(spool, "status", b"s-new")  # supersedes s-old, as on disk
+    assert ids == sorted(ids)
+    assert spool.ack(ids[0])
+    in_flight = spool.pending(2, after_id=0)  # handed to the broker, not yet acked
+    assert not spool.recover()  # still a directory
+    path.rmdir()
+    assert spool.recover() and spool.fault is None
+    assert payloads(spool) == [b"p1", b"p2", b"p3", b"p4", b"s-new"]
+    assert [m.id for m in spool.pending(10)][:4] == ids[1:]
+    assert all(spool.ack(m.id) for m in in_flight)  # acked by the ids the sender has
+    later = put_kind(spool, "event", b"e")
+    assert later > max(ids)
+    spool.close()
+    with Spool(str(path)) as disk:  # really on disk now
+        assert payloads(disk) == [b"p3", b"p4", b"s-new", b"e"]
+
+
+def test_ids_go_on_rising_after_recovery_when_everything_was_acked(tmp_path):
+    """The sender pages with `pending(after_id=last it sent)`: after the move to a fresh file,
+    new ids must still be above every id the memory spool gave out."""
+    from agent.spool import FallbackSpool
+    path = tmp_path / "spool.db"
+    path.mkdir()
+    spool = FallbackSpool(str(path))
+    sent = [put_kind(spool, "event", b"e%d" % i) for i in range(5)]
+    for msg_id in sent:
+        assert spool.ack(msg_id)
+    path.rmdir()
+    assert spool.recover()
+    new = put_kind(spool, "event", b"after")
+    assert new > max(sent)
+    assert [m.payload for m in spool.pending(10, after_id=max(sent))] == [b"after"]
+    spool.close()
+
+
+def test_messages_from_an_earlier_run_follow_the_adopted_ones(tmp_path):
+    path = str(tmp_path / "spool.db")
+    with Spool(path) as earlier:
+        put_kind(earlier, "event", b"old-event")
+        put_kind(earlier, "status", b"old-status")
+        for _ in range(3):
+            earlier.ack(put_kind(earlier, "telemetry", b"acked"))
+    memory = Spool(":memory:", max_messages=100)
+    put_kind(memory, "prediction", b"p")
+    put_kind(memory, "status", b"new-status")
+    memory.put(PRED, b"x", 1, False, "prediction")
+    memory.ack(memory.pending(10)[-1].id)
+    with Spool(path) as disk:
+        assert disk.adopt(memory) == 2
+        got = disk.pending(10)
+        assert [m.payload for m in got] == [b"p", b"new-status", b"old-event"]
+        assert [m.id for m in got][:2] == [1, 2] and got[2].id > 2
+        assert disk.counts()["status"] == 1 and len(disk) == 3
+
+
+def test_agent_starts_when_the_spool_cannot_be_opened(tmp_path):
+    """The Agent itself (no broker needed): degraded with the reason, recovered after."""
+    from agent.app import Agent
+    from agent.config import load_config
+    state = tmp_path / "s"
+    (state / "spool.db").mkdir(parents=True)
+    config = load_config(None, ["device.state_dir={}".format(state), "device.id=t",
+                                "mqtt.port=1"])
+    agent = Agent(config, telemetry=False)
+    agent._start_link()
+    try:
+        assert "spool" in agent.problems and "is a directory" in agent.problems["spool"]
+        agent.link.publish("events", {"n": 1}, kind="event")
+        (state / "spool.db").rmdir()
+        agent._spool_retry_at = 0.0
+        agent._check_spool()
+        assert "spool" not in agent.problems and agent.spool.fault is None
+        assert len(agent.spool) >= 2  # status and the event, now in the file
+    finally:
+        agent.link.stop(timeout=0.1)
+        agent.spool.close()

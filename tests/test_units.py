@@ -32,16 +32,86 @@ def test_overrides_are_typed_and_nested():
     assert cfg.predictions.max_rate_hz == 2.5
 
 
-def test_secrets_are_redacted():
-    cfg = load_config(None, ["mqtt.password_file=/etc/pw", "mqtt.username=u"])
+def test_secrets_are_redacted(tmp_path):
+    (tmp_path / "pw").write_text("hunter2\n")
+    cfg = load_config(None, ["mqtt.password_file={}".format(tmp_path / "pw"), "mqtt.username=u",
+                             "source.uri=rtsp://cam:hunter2@10.0.0.5/live"])
     red = cfg.redacted()
     assert red["mqtt"]["password_file"] == "***" and red["mqtt"]["username"] == "u"
+    assert red["source"]["uri"] == "rtsp://cam:***@10.0.0.5/live"
+    assert "hunter2" not in str(red)
 
 
-def test_relative_paths_resolve_against_the_config_file(tmp_path):
-    (tmp_path / "c.yaml").write_text("device: {state_dir: data}\n")
-    cfg = load_config(str(tmp_path / "c.yaml"))
-    assert cfg.resolve(cfg.device.state_dir) == str(tmp_path / "data")
+PATH_FILES = ("mqtt.password_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file",
+              "mqtt.tls.key_file", "updates.public_key_file", "updates.ca_file")
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    """Every path key, not only state_dir: the agent's working directory (/ under systemd)
+    must not matter."""
+    conf = tmp_path / "etc"
+    (conf / "keys").mkdir(parents=True)
+    (conf / "calib").mkdir()
+    lines = {}
+    for key in PATH_FILES:
+        name = key.replace(".", "_")
+        (conf / "keys" / name).write_text("x")
+        lines[key] = "keys/" + name
+    text = ("device: {{state_dir: data}}\nbackend: {{calibration_dir: calib}}\n"
+            "mqtt: {{password_file: {}, tls: {{ca_file: {}, cert_file: {}, key_file: {}}}}}\n"
+            "updates: {{public_key_file: {}, ca_file: {}}}\n").format(
+                *[lines[k] for k in PATH_FILES])
+    (conf / "c.yaml").write_text(text)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))
+    cfg = load_config(str(conf / "c.yaml"))
+    assert cfg.device.state_dir == str(conf / "data")
+    assert cfg.resolve(cfg.device.state_dir) == str(conf / "data")
+    assert cfg.backend.calibration_dir == str(conf / "calib")
+    for key in PATH_FILES:
+        assert cfg.get(key) == str(conf / "keys" / key.replace(".", "_")), key
+
+
+@pytest.mark.parametrize("key", PATH_FILES)
+def test_a_missing_file_key_is_refused_with_its_path(tmp_path, key):
+    (tmp_path / "c.yaml").write_text("{}\n")
+    overrides = ["{}=missing.pem".format(key)]
+    if key in ("mqtt.tls.cert_file", "mqtt.tls.key_file"):  # they go together
+        (tmp_path / "other.pem").write_text("x")
+        other = "mqtt.tls.key_file" if key == "mqtt.tls.cert_file" else "mqtt.tls.cert_file"
+        overrides.append("{}={}".format(other, tmp_path / "other.pem"))
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "c.yaml"), overrides)
+    assert str(err.value).startswith("config: {}: {} does not exist".format(
+        key, tmp_path / "missing.pem")), str(err.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    (".nan", "config: telemetry.interval_s: nan is not a finite number"),
+    (".inf", "config: telemetry.interval_s: inf is not a finite number"),
+])
+def test_non_finite_numbers_are_refused(value, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["telemetry.interval_s=" + value])
+    assert message in str(err.value)
+    for key in ("predictions.max_rate_hz", "predictions.min_score", "source.fps",
+                "backend.validate.min_top1_agreement", "telemetry.sample_hz",
+                "updates.max_latency_factor"):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ["{}=.nan".format(key)])
+        assert "config: {}: nan is not a finite number".format(key) in str(err.value)
+
+
+def test_state_dir_must_be_a_directory_on_disk(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["device.state_dir={}".format(tmp_path / "afile")])
+    assert "config: device.state_dir: {} is a file".format(tmp_path / "afile") in str(err.value)
+    for bad in ("/proc/edge", "/sys/kernel/edge-agent", "/proc"):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ["device.state_dir=" + bad])
+        assert "config: device.state_dir: {} is on the kernel's".format(bad) in str(err.value)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -78,6 +148,11 @@ def _manifest(**changes):
     ("input.shape", [1, 3, 224], "four positive integers"),
     ("input.shape", [1, 1, 8, 8], "3-channel"),
     ("input.std", [1, 0, 1], "must not contain 0"),
+    ("input.shape", [1, 3, 100000, 100000], "asks for 10000000000 pixels per inference"),
+    ("input.shape", [1, 3, 8, 5000], "over the limit of 16777216 (each side at most 4096)"),
+    ("input.shape", [64, 3, 1024, 1024], "asks for 67108864 pixels per inference"),
+    ("input.resize", {"mode": "shorter_side_crop", "size": 10 ** 6},
+     "input.resize.size: 1000000 is over the limit of 8192"),
     ("input.resize", {"mode": "zoom"}, "'zoom' is not one of"),
     ("input.resize", {"mode": "shorter_side_crop", "size": 4}, "input.resize.size"),
     ("output", {"activation": "relu"}, "'relu' is not one of"),
@@ -260,3 +335,14 @@ def test_backend_spin_is_off_unless_asked():
             assert out["logits"].shape == (1, 1000)
         finally:
             backend.close()
+
+
+def test_labels_that_are_not_utf8_are_a_model_error(tmp_path):
+    from agent.package import load_labels
+    path = tmp_path / "labels.txt"
+    path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\n\xff\xfe\n")
+    with pytest.raises(ModelError) as err:
+        load_labels(str(path))
+    assert "labels.txt: not UTF-8 text (byte 0xff on line 3); save it as UTF-8" in str(err.value)
+    path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\rcaf\xc3\xa9\n\n")
+    assert load_labels(str(path)) == ["cat", "dog", "caf\u00e9"]
