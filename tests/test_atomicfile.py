@@ -183,6 +183,21 @@ def test_an_exception_inside_leaves_the_target_and_no_temp_file(tmp_path):
     assert sorted(os.listdir(str(tmp_path))) == ["keep.txt"]
 
 
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_write_closes_the_temp_file(tmp_path):
+    target = tmp_path / "keep.txt"
+    before = _open_fds()
+    for _ in range(5):
+        with pytest.raises(RuntimeError):
+            with atomicfile.atomic_file(str(target)):
+                raise RuntimeError("writer failed")
+    assert _open_fds() == before
+    assert os.listdir(str(tmp_path)) == []
+
+
 def test_a_failed_fsync_leaves_the_target_and_no_temp_file(tmp_path, monkeypatch):
     target = tmp_path / "keep.txt"
     target.write_bytes(b"old")

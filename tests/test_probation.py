@@ -3,6 +3,7 @@ agent/app.py): failed frames, NaN/Inf outputs, the latency factor, the end of th
 and the automatic rollback it asks the model manager for."""
 
 import os
+import re
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_failed_frames_roll_back_through_the_manager(agent):
     agent._probation_result(new, False, None, "model output has NaN")
     commands = agent.manager.commands()
     assert [c.name for c in commands] == ["model/rollback"]
-    assert commands[0].request_id.startswith("auto-rollback-")
+    assert re.match(r"^auto-rollback-[0-9a-f]{8}$", commands[0].request_id)
     events = agent.link.events()
     assert len(events) == 1
     event = events[0]
@@ -235,15 +236,19 @@ def test_activation_arms_probation_with_the_baseline_of_the_model_before(agent):
     class Package(object):
         ref = "tiny@2"
     agent.model = Model("tiny@1")
-    for ms in (4.0, 5.0, 6.0):
+    for ms in (40.0, 1.0, 30.0, 2.0):
         agent._probation_result(agent.model, True, ms)
+    # Failed frames of the trusted model (no time) do not enter the baseline.
+    agent._probation_result(agent.model, False, None, "a failed frame")
+    agent._probation_result(agent.model, True, None)  # a frame without a time
+    assert sorted(agent._recent_infer) == [1.0, 2.0, 30.0, 40.0]
     swapped = []
     agent.swap_backend = lambda backend: swapped.append(backend)
     agent.activate_backend(Backend(), Package())
     assert len(swapped) == 1
     p = agent._probation
     assert (p.ref, p.previous, p.frames, p.baseline_ms, p.factor) == \
-        ("tiny@2", "tiny@1", 5, 5.0, 2.0)
+        ("tiny@2", "tiny@1", 5, 30.0, 2.0)  # the upper middle of 1, 2, 30, 40
 
 
 def test_no_probation_without_a_previous_model_or_with_zero_frames(agent):
@@ -257,6 +262,9 @@ def test_no_probation_without_a_previous_model_or_with_zero_frames(agent):
     agent.config.updates.probation_frames = 0
     agent.activate_backend(object(), Package())
     assert agent._probation is None
+    agent.config.updates.probation_frames = 1
+    agent.activate_backend(object(), Package())
+    assert agent._probation is not None and agent._probation.frames == 1
 
 
 def test_a_failed_swap_disarms_probation(agent):
