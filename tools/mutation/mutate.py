@@ -33,7 +33,7 @@ TARGETS = {
     "spool": {
         "module": "agent/spool.py",
         "only": ["Spool"],
-        "tests": ["tests/test_spool.py"],
+        "tests": ["tests/test_spool.py", "tests/test_spool_edges.py"],
     },
     "atomicfile": {
         "module": "agent/atomicfile.py",
