@@ -56,7 +56,7 @@ TARGETS = {
     "commands": {
         "module": "agent/commands.py",
         "only": ["_short", "_check_url", "_check_field", "parse_command", "_refuse_constant"],
-        "tests": ["tests/test_commands.py"],
+        "tests": ["tests/test_commands.py", "tests/test_command_parser.py"],
         "k": "parse or malformed or replayed",
     },
     "probation": {
