@@ -48,7 +48,8 @@ TARGETS = {
                  "ModelStore.previous_ref", "ModelStore.version_dir", "ModelStore.get",
                  "ModelStore.list", "ModelStore.activate", "ModelStore.rollback",
                  "ModelStore.remove", "ModelStore.prune"],
-        "tests": ["tests/test_models_store.py", "tests/test_atomicfile.py"],
+        "tests": ["tests/test_models_store.py", "tests/test_atomicfile.py",
+                  "tests/test_store_edges.py"],
         # The crash-at-every-step test runs ~80 s (a subprocess killed at each step): too
         # slow for a runner of ~90 mutants; the recorded-protocol tests stand in for it.
         "k": "not crash_at_every_rename",
