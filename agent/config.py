@@ -162,6 +162,17 @@ SCHEMA = {
                               doc="frames a new model is watched before it is trusted"),
         "max_latency_factor": F("float", 3.0, minimum=1.0,
                                 doc="roll back when a new model is this much slower"),
+        # Commands from MQTT (issue 12): file: URL roots, command age, download pace.
+        "file_roots": F("list", [], item="str",
+                        doc="directories file: URLs in commands may read; [] = none"),
+        "command_max_age_s": F("float", 300.0, nullable=True, minimum=1.0,
+                               doc="refuse commands whose ts is older; null = no ts check"),
+        "download_timeout_s": F("float", 3600.0, nullable=True, minimum=1.0,
+                                doc="a model download must finish within this; null = none"),
+        "download_min_rate_bps": F("float", 1024.0, nullable=True, minimum=0.0,
+                                   doc="refuse downloads slower than this (bytes/s)"),
+        "download_rate_window_s": F("float", 30.0, minimum=1.0,
+                                    doc="the window the minimum rate is averaged over"),
     },
     "view": {
         "enabled": F("bool", False),
@@ -364,6 +375,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
             parent = parent[part]
         if parent[parts[-1]] is not None:
             parent[parts[-1]] = os.path.expanduser(parent[parts[-1]])
+    # updates.file_roots (a list of directories): absolute, relative to the config file.
+    values["updates"]["file_roots"] = [
+        os.path.normpath(os.path.join(base_dir, os.path.expanduser(root)))
+        for root in values["updates"]["file_roots"]]
     config = Config(values, os.path.abspath(path) if path else None, base_dir)
     _cross_checks(config)
     return config
