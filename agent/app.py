@@ -700,8 +700,11 @@ class Agent(object):
         every command, malformed ones included, with at least one event (a retained one is
         answered `rejected` and never run)."""
         if self.manager is None:
-            self.emit_event({"command": command, "request_id": None, "state": "rejected",
-                             "error": "the agent is still starting; send it again"})
+            from .commands import RETAINED_ERROR, request_id_of
+            self.emit_event({"command": command, "request_id": request_id_of(payload),
+                             "state": "rejected",
+                             "error": RETAINED_ERROR if retained else
+                             "the agent is still starting; send it again"})
             return
         self.manager.submit_raw(command, payload, retained=retained)
 

@@ -237,6 +237,21 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
     return cmd
 
 
+RETAINED_ERROR = ("ignored a retained message: the broker replays retained commands at every "
+                  "(re)connect, so they are never run; publish commands without the retain "
+                  "flag, and clear this retained message")
+
+
+def request_id_of(payload: Any) -> Optional[str]:
+    """The payload's request_id when it can be read (for answers to unparsed commands)."""
+    try:
+        body = json.loads(payload.decode("utf-8")) if payload else {}
+        value = body.get("request_id") if isinstance(body, dict) else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID else None
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError("{} is not a JSON number".format(name))
 
@@ -394,18 +409,8 @@ class ModelManager(object):
                         "internal error: {}; see the agent's log".format(type(exc).__name__))
 
     def _reject_retained(self, command: str, payload: bytes) -> None:
-        request_id = None
-        try:
-            body = json.loads(payload.decode("utf-8")) if payload else {}
-            value = body.get("request_id") if isinstance(body, dict) else None
-            if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID:
-                request_id = value
-        except (ValueError, RecursionError, AttributeError):
-            pass
-        self.reject(command if isinstance(command, str) else repr(command), request_id,
-                    "ignored a retained message: the broker replays retained commands at every "
-                    "(re)connect, so they are never run; publish commands without the retain "
-                    "flag, and clear this retained message")
+        self.reject(command if isinstance(command, str) else repr(command),
+                    request_id_of(payload), RETAINED_ERROR)
 
     def reject(self, command: str, request_id: Optional[str], error: str) -> None:
         """Answer a command that will not run."""
