@@ -324,7 +324,7 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
                     digest.update(block)
                     write_all(fd, block)
                     reporter.update(done)
-                    pass
+                    pace.check(done, expected_total)
             finally:
                 stream.close()
             if expected_total is not None and done < expected_total:

@@ -137,6 +137,16 @@ def test_replay_window_survives_a_restart_and_stays_bounded(tmp_path: Any) -> No
         env.close()
 
 
+def test_retained_commands_are_answered_and_never_run(env: Env) -> None:
+    env.manager.submit_raw("ping", body(request_id="kept"), retained=True)
+    final = env.events.finished("kept")
+    assert final["state"] == "rejected" and "retained" in final["error"]
+    env.manager.submit_raw("model/rollback", b"[" * 3000, retained=True)
+    env.events.wait_for(lambda items: any(e["command"] == "model/rollback" for e in items),
+                        "the answer to a retained, unparsable rollback")
+    assert [e["state"] for e in env.events.items] == ["rejected", "rejected"]
+
+
 def test_old_and_future_commands_are_refused(tmp_path: Any) -> None:
     env = Env(tmp_path, updates={"command_max_age_s": 60})
     try:
