@@ -730,14 +730,19 @@ class Agent(object):
         return message
 
     # ---------------------------------------------------------------- commands
-    def handle_command(self, command: str, payload: bytes, topic: str) -> None:
+    def handle_command(self, command: str, payload: bytes, topic: str,
+                       retained: bool = False) -> None:
         """Routes a command from MQTT (paho's thread) to the model manager, which answers
-        every command, malformed ones included, with at least one event."""
+        every command, malformed ones included, with at least one event (a retained one is
+        answered `rejected` and never run)."""
         if self.manager is None:
-            self.emit_event({"command": command, "request_id": None, "state": "rejected",
-                             "error": "the agent is still starting; send it again"})
+            from .commands import RETAINED_ERROR, request_id_of
+            self.emit_event({"command": command, "request_id": request_id_of(payload),
+                             "state": "rejected",
+                             "error": RETAINED_ERROR if retained else
+                             "the agent is still starting; send it again"})
             return
-        self.manager.submit_raw(command, payload)
+        self.manager.submit_raw(command, payload, retained=retained)
 
     def activate_backend(self, backend: Backend, package: ModelPackage) -> None:
         """The model manager's hand-over: swap between frames, then watch it on probation."""
@@ -785,7 +790,8 @@ class Agent(object):
                          "detail": "automatic: {} failed probation; returning to {}".format(
                              probation.ref, probation.previous), "error": verdict})
         if self.manager is not None:
-            self.manager.submit(Command("model/rollback", {}, rid))
+            # urgent: ahead of the queue and never refused as busy
+            self.manager.submit(Command("model/rollback", {}, rid), urgent=True)
 
     # ---------------------------------------------------------------- lifecycle
     def _start_link(self) -> None:

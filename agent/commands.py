@@ -23,13 +23,15 @@ did not finish; the active model is unchanged) with `error`.
 import collections
 import json
 import logging
-import queue
+import os
+import re
 import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Callable, Deque, Dict, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
+from .atomicfile import write_atomic
 from .download import SCHEMES, check_sha256
 from .errors import AgentError
 from .models import ModelStore, StoreError, _setting, check_component
@@ -48,16 +50,26 @@ COMMANDS = collections.OrderedDict([
     ("model/install", collections.OrderedDict(_NAME_VERSION + (
         ("url", ("url", True)), ("sha256", ("sha256", True)), ("size", ("size", False)),
         ("manifest", ("object", False)), ("manifest_url", ("url", False)),
-        ("labels_url", ("url", False)), ("activate", ("bool", False)),
+        ("labels_url", ("url", False)), ("labels_sha256", ("sha256", False)),
+        ("activate", ("bool", False)), ("allow_downgrade", ("bool", False)),
         ("signature", ("signature", False))))),
-    ("model/activate", collections.OrderedDict(_NAME_VERSION)),
+    ("model/activate", collections.OrderedDict(_NAME_VERSION + (
+        ("allow_downgrade", ("bool", False)),))),
     ("model/rollback", collections.OrderedDict()),
     ("model/list", collections.OrderedDict()),
     ("model/remove", collections.OrderedDict(_NAME_VERSION)),
+    ("model/cancel", collections.OrderedDict((("target", ("request_id", True)),))),
     ("ping", collections.OrderedDict()),
 ])
-# Answered at once in the caller's thread; the others go through the queue, in order.
-IMMEDIATE = ("ping", "model/list")
+# Fields every command may carry besides its own.
+COMMON_FIELDS = ("request_id", "ts")
+# Answered at once in the caller's thread, also while a download or build runs; the others go
+# through the queue, in order.
+IMMEDIATE = ("ping", "model/list", "model/cancel")
+# A command's `ts` may be this far in the future (clock skew between sender and device).
+MAX_FUTURE_S = 60.0
+SEEN_FILE = "commands-seen.json"
+DEFAULT_COMMAND_MAX_AGE_S = 300.0
 
 Emit = Callable[[Dict[str, Any]], None]
 Prepare = Callable[[ModelPackage, Callable[[str, Optional[float], str], None]], Any]
@@ -81,6 +93,10 @@ class Command(object):
         self.name = name
         self.args = args
         self.request_id = request_id
+        self.ts = None  # type: Optional[float]
+        self.cancelled = threading.Event()  # set by model/cancel
+        self.cancelled_by = None  # type: Optional[str]
+        self.urgent = False  # the agent's own command (probation rollback): runs first
 
     def __repr__(self) -> str:
         return "Command({!r}, request_id={!r})".format(self.name, self.request_id)
@@ -130,6 +146,11 @@ def _check_field(where: str, kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError("{}: {} must be true or false".format(where, _short(value)))
         return value
+    if kind == "request_id":
+        if not isinstance(value, str) or not value or len(value) > MAX_REQUEST_ID:
+            raise ValueError("{}: {} must be a non-empty string of at most {} characters".format(
+                where, _short(value), MAX_REQUEST_ID))
+        return value
     if kind == "signature":
         if not isinstance(value, str) or not value or len(value) > MAX_SIGNATURE:
             raise ValueError("{}: must be the base64 ed25519 signature (a string)".format(where))
@@ -161,6 +182,9 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
         except ValueError as exc:
             raise CommandError("{}: payload is not valid JSON ({}); send a JSON object like "
                                "{{\"request_id\": \"r1\"}}".format(command, exc), command)
+        except RecursionError:
+            raise CommandError("{}: payload is nested too deeply to parse; send a flat JSON "
+                               "object like {{\"request_id\": \"r1\"}}".format(command), command)
     else:
         body = {}
     if not isinstance(body, dict):
@@ -176,11 +200,18 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
         raise CommandError("unknown command {}; known: {}".format(
             _short(command), ", ".join(COMMANDS)), command, request_id)
     fields = COMMANDS[command]
-    unknown = sorted(k for k in body if k != "request_id" and k not in fields)
+    unknown = sorted(k for k in body if k not in COMMON_FIELDS and k not in fields)
     if unknown:
         raise CommandError("{}: unknown field{} {}; allowed: {}".format(
             command, "s" if len(unknown) > 1 else "", ", ".join(_short(k) for k in unknown),
-            ", ".join(list(fields) + ["request_id"])), command, request_id)
+            ", ".join(list(fields) + list(COMMON_FIELDS))), command, request_id)
+    sent_at = body.get("ts")
+    if sent_at is not None and (not isinstance(sent_at, (int, float)) or
+                                isinstance(sent_at, bool) or sent_at != sent_at or
+                                sent_at in (float("inf"), float("-inf")) or sent_at <= 0):
+        raise CommandError("{}: ts: {} must be the time the command was sent, in seconds since "
+                           "1970 (a positive number)".format(command, _short(sent_at)),
+                           command, request_id)
     args = {}  # type: Dict[str, Any]
     for key, (kind, required) in fields.items():
         value = body.get(key)
@@ -198,7 +229,27 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
             raise CommandError("model/install: give exactly one of manifest (an object) or "
                                "manifest_url", command, request_id)
         args.setdefault("activate", True)
-    return Command(command, args, request_id)
+    if "labels_sha256" in args and "labels_url" not in args:
+        raise CommandError("model/install: labels_sha256 is given without labels_url; add "
+                           "labels_url or drop labels_sha256", command, request_id)
+    cmd = Command(command, args, request_id)
+    cmd.ts = float(sent_at) if sent_at is not None else None
+    return cmd
+
+
+RETAINED_ERROR = ("ignored a retained message: the broker replays retained commands at every "
+                  "(re)connect, so they are never run; publish commands without the retain "
+                  "flag, and clear this retained message")
+
+
+def request_id_of(payload: Any) -> Optional[str]:
+    """The payload's request_id when it can be read (for answers to unparsed commands)."""
+    try:
+        body = json.loads(payload.decode("utf-8")) if payload else {}
+        value = body.get("request_id") if isinstance(body, dict) else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID else None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -225,29 +276,92 @@ class _Throttle(object):
         return False
 
 
+def _version_parts(version: str) -> List[Any]:
+    """'1.10-rc2' -> [1, '.', 10, '-rc', 2]: digit runs compare as numbers, the rest as text."""
+    return [int(p) if p.isdigit() else p for p in re.findall(r"\d+|\D+", version)]
+
+
+def is_downgrade(new: str, active: str) -> bool:
+    """True when version `new` is lower than `active`, compared part by part: numbers as
+    numbers ("10" > "9"), text as text, a version that is a prefix of another is lower
+    ("1.0" < "1.0.1"). Versions that cannot be ordered (a number where the other has text,
+    like "v2" against "2") count as a downgrade: the safe side, allow_downgrade lets them."""
+    if new == active:
+        return False
+    a, b = _version_parts(new), _version_parts(active)
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if isinstance(x, int) != isinstance(y, int):
+            return True
+        return x < y
+    return len(a) < len(b)
+
+
+def _option(config: Any, key: str, default: Any) -> Any:
+    """Like models._setting, but an explicit null stays null (it means "off" for some keys)."""
+    if config is None:
+        return default
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+class _CancelFlag(object):
+    """What a download polls: the agent stops, or model/cancel names the command."""
+
+    def __init__(self, stop: threading.Event, cmd: Command) -> None:
+        self.stop = stop
+        self.cmd = cmd
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.cmd.cancelled.is_set()
+
+
 class ModelManager(object):
     """Runs model commands one at a time in its own thread and reports each step by `emit`.
 
-    `updates_config` is the `updates` config section (mapping or object): public_key_file is
-    read from it. The store carries the download policy (see ModelStore.from_updates).
+    `updates_config` is the `updates` config section (mapping or object): public_key_file,
+    file_roots, command_max_age_s and the download limits are read from it. The store carries
+    the rest of the download policy (see ModelStore.from_updates).
     `emit` is called from the caller's thread and from the manager's thread: it must be
     thread-safe and should not block for long (queue the publish).
+
+    Replays: request_ids seen lately are kept (the last `replay_window`) in
+    `state_dir/commands-seen.json`, written atomically, so a restart does not forget them;
+    retained messages are never run; a command with `ts` older than command_max_age_s (or more
+    than MAX_FUTURE_S in the future) is refused.
     """
 
     def __init__(self, store: ModelStore, emit: Emit, prepare: Prepare, activate: Activate,
                  stop_event: threading.Event, updates_config: Any = None, queue_size: int = 4,
-                 replay_window: int = 256) -> None:
+                 replay_window: int = 512) -> None:
         self.store = store
         self._emit_cb = emit
         self._prepare = prepare
         self._activate = activate
         self._stop = stop_event
         self.public_key_file = _setting(updates_config, "public_key_file", None)
-        self._queue = queue.Queue(maxsize=queue_size)  # type: queue.Queue
+        self.max_age_s = _option(updates_config, "command_max_age_s", DEFAULT_COMMAND_MAX_AGE_S)
+        roots = _option(updates_config, "file_roots", None) or []
+        fetch_extra = {"file_roots": list(roots)}  # type: Dict[str, Any]
+        for key, name in (("download_timeout_s", "deadline_s"),
+                          ("download_min_rate_bps", "min_rate_bps"),
+                          ("download_rate_window_s", "rate_window_s")):
+            value = _option(updates_config, key, None)
+            if value is not None:
+                fetch_extra[name] = value
+        self.policy = {"fetch": fetch_extra, "require_labels_sha256": True}
+        self._maxsize = queue_size
+        self._pending = collections.deque()  # type: Deque[Command]
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._seen = collections.deque()  # type: Deque[str]
         self._seen_set = set()  # type: Set[str]
         self._replay_window = replay_window
+        state_dir = getattr(store, "state_dir", None)
+        self._seen_path = os.path.join(state_dir, SEEN_FILE) if state_dir else None
+        self._load_seen()
         self._current = None  # type: Optional[Command]
         self._closed = False  # set under _lock when the worker has ended: nothing is queued then
         self._thread = None  # type: Optional[threading.Thread]
@@ -270,33 +384,55 @@ class ModelManager(object):
     def busy(self) -> bool:
         """True while a command runs or waits."""
         with self._lock:
-            return self._current is not None or not self._queue.empty()
+            return self._current is not None or bool(self._pending)
 
     # -------------------------------------------------------------- intake
 
-    def submit_raw(self, command: str, payload: bytes) -> None:
-        """Entry point for the transport: every call produces at least one event."""
+    def submit_raw(self, command: str, payload: bytes, retained: bool = False) -> None:
+        """Entry point for the transport: every call produces at least one event.
+
+        `retained` is the MQTT retain flag: a retained command is the broker replaying an old
+        message (at every reconnect), so it is answered with `rejected` and never run."""
         try:
-            cmd = parse_command(command, payload)
-        except CommandError as exc:
-            self.reject(exc.command or command, exc.request_id, str(exc))
-            return
-        self.submit(cmd)
+            if retained:
+                self._reject_retained(command, payload)
+                return
+            try:
+                cmd = parse_command(command, payload)
+            except CommandError as exc:
+                self.reject(exc.command or command, exc.request_id, str(exc))
+                return
+            self.submit(cmd)
+        except Exception as exc:  # every command is answered, whatever went wrong
+            log.exception("command %r could not be handled", command)
+            self.reject(command if isinstance(command, str) else repr(command), None,
+                        "internal error: {}; see the agent's log".format(type(exc).__name__))
+
+    def _reject_retained(self, command: str, payload: bytes) -> None:
+        self.reject(command if isinstance(command, str) else repr(command),
+                    request_id_of(payload), RETAINED_ERROR)
 
     def reject(self, command: str, request_id: Optional[str], error: str) -> None:
         """Answer a command that will not run."""
         self._emit(command, request_id, "rejected", error=error)
 
-    def submit(self, cmd: Command) -> None:
-        """Run a parsed command: ping and list at once, the others in order in the worker."""
+    def submit(self, cmd: Command, urgent: bool = False) -> None:
+        """Run a parsed command: ping, list and cancel at once, the others in order in the
+        worker. `urgent` (the agent's own probation rollback) goes ahead of the queue and is
+        never refused for a full queue."""
         if cmd.request_id is None:
             # Lets the operator tell this command's events apart; not checked for replays.
             cmd.request_id = "agent-" + uuid.uuid4().hex[:12]
-        elif not self._remember(cmd.request_id):
-            self.reject(cmd.name, cmd.request_id, "duplicate request_id {!r}: a command with this "
-                        "request_id was already received; use a new request_id for a new "
-                        "command".format(cmd.request_id))
-            return
+        elif not urgent:
+            stale = self._stale(cmd)
+            if stale:
+                self.reject(cmd.name, cmd.request_id, stale)
+                return
+            if not self._remember(cmd.request_id):
+                self.reject(cmd.name, cmd.request_id, "duplicate request_id {!r}: a command "
+                            "with this request_id was already received; use a new request_id "
+                            "for a new command".format(cmd.request_id))
+                return
         if cmd.name in IMMEDIATE and not self._stop.is_set():
             self._run_immediate(cmd)
             return
@@ -306,19 +442,43 @@ class ModelManager(object):
                            error="the agent is stopping; send the command again after it "
                                  "restarts")
                 return
-            ahead = self._queue.qsize() + (1 if self._current is not None else 0)
-            try:
-                self._queue.put_nowait(cmd)
-            except queue.Full:
+            if urgent:
+                cmd.urgent = True
+                self._pending.appendleft(cmd)
+                self._wake.notify_all()
+                self._emit(cmd.name, cmd.request_id, "accepted",
+                           detail="runs next, ahead of {} queued command{}".format(
+                               len(self._pending) - 1,
+                               "" if len(self._pending) == 2 else "s"))
+                return
+            ahead = len(self._pending) + (1 if self._current is not None else 0)
+            if len(self._pending) >= self._maxsize:
                 self._forget(cmd.request_id)
                 self._emit(cmd.name, cmd.request_id, "rejected",
                            error="busy: {} commands are already waiting; send it again when the "
-                                 "current one has finished".format(self._queue.maxsize))
+                                 "current one has finished".format(self._maxsize))
                 return
+            self._pending.append(cmd)
+            self._wake.notify_all()
             # Emitted under the lock: the worker takes it before its first event for cmd.
             detail = "queued: {} command{} ahead".format(ahead, "s" if ahead > 1 else "") \
                 if ahead else None
             self._emit(cmd.name, cmd.request_id, "accepted", detail=detail)
+
+    def _stale(self, cmd: Command) -> Optional[str]:
+        """Why a command's `ts` makes it too old (or from the future) to run, or None."""
+        if cmd.ts is None or self.max_age_s is None:
+            return None
+        age = time.time() - cmd.ts
+        if age > self.max_age_s:
+            return ("expired: the command's ts is {:.0f} s old, over updates.command_max_age_s "
+                    "({:g} s); send it again with the current time as ts (and check the "
+                    "sender's and the device's clocks)".format(age, self.max_age_s))
+        if -age > MAX_FUTURE_S:
+            return ("the command's ts is {:.0f} s in the future (more than {:g} s ahead of the "
+                    "device's clock); fix the sender's or the device's clock".format(
+                        -age, MAX_FUTURE_S))
+        return None
 
     def _remember(self, request_id: str) -> bool:
         with self._lock:
@@ -328,6 +488,7 @@ class ModelManager(object):
             self._seen_set.add(request_id)
             while len(self._seen) > self._replay_window:
                 self._seen_set.discard(self._seen.popleft())
+            self._save_seen()
             return True
 
     def _forget(self, request_id: Optional[str]) -> None:
@@ -335,6 +496,35 @@ class ModelManager(object):
         if request_id in self._seen_set:
             self._seen_set.discard(request_id)
             self._seen.remove(request_id)
+            self._save_seen()
+
+    def _load_seen(self) -> None:
+        if self._seen_path is None:
+            return
+        try:
+            with open(self._seen_path, "r", encoding="utf-8") as handle:
+                data = json.load(handle)
+            ids = data.get("request_ids") if isinstance(data, dict) else None
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("replay window %s unreadable (%s); starting with an empty one",
+                        self._seen_path, exc)
+            return
+        for rid in (ids or [])[-self._replay_window:]:
+            if isinstance(rid, str) and rid not in self._seen_set:
+                self._seen.append(rid)
+                self._seen_set.add(rid)
+
+    def _save_seen(self) -> None:
+        """Called under _lock. A failed write is logged: commands keep working."""
+        if self._seen_path is None:
+            return
+        data = json.dumps({"request_ids": list(self._seen)}, separators=(",", ":"))
+        try:
+            write_atomic(self._seen_path, data.encode("utf-8"))
+        except OSError as exc:
+            log.warning("cannot save the replay window %s: %s", self._seen_path, exc)
 
     # -------------------------------------------------------------- events
 
@@ -367,27 +557,32 @@ class ModelManager(object):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                cmd = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
             with self._lock:
+                if not self._pending:
+                    self._wake.wait(0.2)
+                    continue
+                cmd = self._pending.popleft()
                 self._current = cmd
             try:
-                self._execute(cmd)
+                if cmd.cancelled.is_set():
+                    self._emit_cancelled(cmd)
+                else:
+                    self._execute(cmd)
             finally:
                 with self._lock:
                     self._current = None
         with self._lock:
             self._closed = True
-            while True:
-                try:
-                    cmd = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while self._pending:
+                cmd = self._pending.popleft()
                 self._emit(cmd.name, cmd.request_id, "failed",
                            error="the agent stopped before this command ran; send it again "
                                  "after it restarts")
+
+    def _emit_cancelled(self, cmd: Command) -> None:
+        self._emit(cmd.name, cmd.request_id, "failed", cancelled=True,
+                   error="cancelled by model/cancel {}".format(cmd.cancelled_by),
+                   detail=self._serving())
 
     def _execute(self, cmd: Command) -> None:
         handler = {"model/install": self._install, "model/activate": self._activate_cmd,
@@ -395,6 +590,9 @@ class ModelManager(object):
         try:
             handler(cmd)
         except AgentError as exc:
+            if cmd.cancelled.is_set() and not self._stop.is_set():
+                self._emit_cancelled(cmd)
+                return
             self._emit(cmd.name, cmd.request_id, "failed", error=str(exc),
                        detail=self._serving())
         except OSError as exc:
@@ -411,13 +609,16 @@ class ModelManager(object):
         if cmd.name == "ping":
             with self._lock:
                 current = self._current
-                waiting = self._queue.qsize()
+                waiting = len(self._pending)
             detail = "pong"
             if current is not None:
                 detail += "; running {} {}".format(current.name, current.request_id)
             if waiting:
                 detail += "; {} queued".format(waiting)
             self._emit(cmd.name, cmd.request_id, "done", detail=detail)
+            return
+        if cmd.name == "model/cancel":
+            self._cancel(cmd)
             return
         try:
             models = self.store.list()
@@ -432,6 +633,41 @@ class ModelManager(object):
                    detail="{} version{} installed".format(len(models),
                                                           "" if len(models) == 1 else "s"),
                    models=models)
+
+    def _cancel(self, cmd: Command) -> None:
+        target = cmd.args["target"]
+        with self._lock:
+            found = None  # type: Optional[Command]
+            running = False
+            if self._current is not None and self._current.request_id == target:
+                found, running = self._current, True
+            else:
+                for waiting in self._pending:
+                    if waiting.request_id == target:
+                        found = waiting
+                        break
+            if found is not None and found.urgent:
+                self._emit(cmd.name, cmd.request_id, "rejected",
+                           error="{} is the agent's own rollback after a failed probation; it "
+                                 "cannot be cancelled".format(target))
+                return
+            if found is not None and not found.cancelled.is_set():
+                found.cancelled_by = cmd.request_id
+                found.cancelled.set()
+                if not running:
+                    self._pending.remove(found)
+        if found is None:
+            self._emit(cmd.name, cmd.request_id, "failed",
+                       error="no running or queued command has request_id {!r} (it may have "
+                             "finished already); send model/list or ping to see what "
+                             "runs".format(target))
+            return
+        if not running:
+            self._emit_cancelled(found)
+        self._emit(cmd.name, cmd.request_id, "done",
+                   detail="cancelling {} {}{}".format(
+                       found.name, target, "" if not running else
+                       "; a download stops at once, a build at its end"))
 
     def _progress(self, cmd: Command, building: bool) -> Callable[[str, Optional[float], str],
                                                                    None]:
@@ -449,14 +685,49 @@ class ModelManager(object):
                            detail=detail or None)
         return report
 
+    # -------------------------------------------------------------- downgrades
+
+    def _downgrade_refusal(self, cmd: Command, name: str, version: str,
+                           manifest: Optional[Dict[str, Any]]) -> Optional[str]:
+        """Why installing/activating name@version would be a refused downgrade, or None.
+
+        `manifest` is the (signed, when a public key is set) manifest when known; None when it
+        is not known yet (manifest_url before the download): the signed part is then checked
+        after the install by the caller."""
+        active = self.store.active_ref()
+        if active is None or active[0] != name or not is_downgrade(version, active[1]):
+            return None
+        if not cmd.args.get("allow_downgrade"):
+            return ("{}@{} is lower than the active version {}@{}: downgrade refused; send "
+                    "allow_downgrade: true to install an older version on purpose (model/"
+                    "rollback returns to the previous one)".format(name, version, *active))
+        if self.public_key_file and manifest is not None and \
+                manifest.get("allow_downgrade") is not True:
+            return ("{}@{} is lower than the active version {}@{}: downgrade refused; with "
+                    "updates.public_key_file set, allow_downgrade: true must also be in the "
+                    "signed manifest".format(name, version, *active))
+        return None
+
+    # -------------------------------------------------------------- handlers
+
     def _install(self, cmd: Command) -> None:
         a = cmd.args
+        refusal = self._downgrade_refusal(cmd, a["name"], a["version"], a.get("manifest"))
+        if refusal:
+            raise StoreError(refusal)
+        had = [(m["name"], m["version"]) for m in self.store.list()]
         package = self.store.install(
             a["name"], a["version"], a["url"], a["sha256"], size=a.get("size"),
             manifest=a.get("manifest"), manifest_url=a.get("manifest_url"),
             labels_url=a.get("labels_url"), signature=a.get("signature"),
             public_key_file=self.public_key_file, progress=self._progress(cmd, False),
-            cancel=self._stop)
+            cancel=_CancelFlag(self._stop, cmd), labels_sha256=a.get("labels_sha256"),
+            policy=self.policy)
+        refusal = self._downgrade_refusal(cmd, package.name, package.version, package.raw)
+        if refusal:
+            if (package.name, package.version) not in had:
+                self.store.remove(package.name, package.version)
+            raise StoreError(refusal)
         if not a["activate"]:
             self.store.prune()
             self._emit(cmd.name, cmd.request_id, "installed",
@@ -467,6 +738,9 @@ class ModelManager(object):
 
     def _activate_cmd(self, cmd: Command) -> None:
         package = self.store.get(cmd.args["name"], cmd.args["version"], verify=True)
+        refusal = self._downgrade_refusal(cmd, package.name, package.version, package.raw)
+        if refusal:
+            raise StoreError(refusal)
         self._swap(cmd, package, lambda: self.store.activate(package.name, package.version))
 
     def _rollback(self, cmd: Command) -> None:
@@ -493,6 +767,8 @@ class ModelManager(object):
             if self._stop.is_set():
                 raise AgentError("the agent is stopping; {} was not activated".format(
                     package.ref))
+            if cmd.cancelled.is_set():
+                raise AgentError("cancelled; {} was not activated".format(package.ref))
             self._activate(backend, package)
         except BaseException:
             close = getattr(backend, "close", None)

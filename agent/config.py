@@ -168,6 +168,17 @@ SCHEMA = {
                               doc="frames a new model is watched before it is trusted"),
         "max_latency_factor": F("float", 3.0, minimum=1.0,
                                 doc="roll back when a new model is this much slower"),
+        # Commands from MQTT (issue 12): file: URL roots, command age, download pace.
+        "file_roots": F("list", [], item="str",
+                        doc="directories file: URLs in commands may read; [] = none"),
+        "command_max_age_s": F("float", 300.0, nullable=True, minimum=1.0,
+                               doc="refuse commands whose ts is older; null = no ts check"),
+        "download_timeout_s": F("float", 3600.0, nullable=True, minimum=1.0,
+                                doc="a model download must finish within this; null = none"),
+        "download_min_rate_bps": F("float", 1024.0, nullable=True, minimum=0.0,
+                                   doc="refuse downloads slower than this (bytes/s)"),
+        "download_rate_window_s": F("float", 30.0, minimum=1.0,
+                                    doc="the window the minimum rate is averaged over"),
     },
     "view": {
         "enabled": F("bool", False),
@@ -180,7 +191,7 @@ SCHEMA = {
 }
 
 # Keys holding paths: made absolute against the config file's directory once, at load.
-DIR_KEYS = ("device.state_dir", "backend.calibration_dir")
+DIR_KEYS = ("device.state_dir", "backend.calibration_dir", "updates.file_roots")
 FILE_KEYS = ("mqtt.password_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file",
              "updates.public_key_file", "updates.ca_file")
 PATH_KEYS = DIR_KEYS + FILE_KEYS

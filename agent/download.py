@@ -58,7 +58,15 @@ class DownloadStalled(DownloadError):
 
 
 class DownloadCancelled(DownloadError):
-    """The caller asked to stop (the agent is shutting down)."""
+    """The caller asked to stop (the agent is shutting down, or model/cancel)."""
+
+
+class DownloadTooSlow(DownloadError):
+    """The download ran past its deadline or below the minimum rate."""
+
+
+class FileNotAllowed(DownloadError):
+    """A file: URL outside the directories the caller allows (updates.file_roots)."""
 
 
 def redact_url(url: str) -> str:
@@ -182,13 +190,36 @@ def _open_http(url: str, shown: str, timeout: float, ca_file: Optional[str],
     return response, total
 
 
-def _open_file(url: str, shown: str) -> Tuple[Any, Optional[int]]:
+def within_roots(path: str, roots: Sequence[str]) -> Optional[str]:
+    """The real path of `path` when it lies inside one of `roots` (both resolved: no '..' or
+    symlink leads out), else None."""
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return real
+    return None
+
+
+def _open_file(url: str, shown: str,
+               file_roots: Optional[Sequence[str]] = None) -> Tuple[Any, Optional[int]]:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise DownloadError("download {}: a file URL must name an absolute path on this "
                             "machine, like file:///var/models/model.onnx (host {!r} is not "
                             "supported)".format(shown, parts.netloc))
     path = urllib.request.url2pathname(parts.path)
+    if file_roots is not None:
+        # Checked before anything about the file is looked at, so a refusal says nothing
+        # about whether it exists.
+        real = within_roots(path, file_roots)
+        if real is None:
+            raise FileNotAllowed(
+                "download {}: file URLs in commands may only name files under "
+                "updates.file_roots ({}); put the file there or serve it over "
+                "https".format(shown, ", ".join(file_roots) if file_roots else
+                               "empty, so no file: URL is accepted"))
+        path = real
     if not os.path.isfile(path):
         raise DownloadError("download {}: {} is not a file on this device; check the "
                             "path".format(shown, path))
@@ -202,13 +233,20 @@ def _open_file(url: str, shown: str) -> Tuple[Any, Optional[int]]:
 def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: int,
           allowed_schemes: Sequence[str], progress: Optional[ByteProgress] = None,
           stall_timeout_s: float = 30.0, cancel: Any = None, size: Optional[int] = None,
-          ca_file: Optional[str] = None) -> Tuple[str, int]:
+          ca_file: Optional[str] = None, file_roots: Optional[Sequence[str]] = None,
+          deadline_s: Optional[float] = None, min_rate_bps: Optional[float] = None,
+          rate_window_s: float = 30.0) -> Tuple[str, int]:
     """Download `url` to `dest_path`; returns (sha256 hex, byte count).
 
     `expected_sha256` None skips the hash check (the hash is still returned). `size`, when
     given, is the exact byte count the caller expects. `cancel` is anything with is_set()
     (a threading.Event), checked between chunks. A stalled connection is detected by the
     socket timeout, so a cancel during a stall is noticed within stall_timeout_s.
+    `file_roots` None allows any file: URL (local CLI installs); a list allows only files whose
+    real path lies under one of its directories (commands from MQTT). `deadline_s` bounds the
+    whole download; `min_rate_bps` refuses a transfer that brings fewer bytes per second than
+    that, averaged over each `rate_window_s` (a trickle that never stalls long enough for the
+    socket timeout).
     """
     shown = redact_url(url)
     scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
@@ -231,7 +269,7 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
         raise DownloadCancelled("download {}: cancelled before it started".format(shown))
 
     if scheme == "file":
-        stream, total = _open_file(url, shown)
+        stream, total = _open_file(url, shown, file_roots)
     else:
         stream, total = _open_http(url, shown, stall_timeout_s, ca_file, allowed)
     done = 0
@@ -251,6 +289,7 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
                 reporter = _Progress(progress, expected_total)
                 reporter.update(0)
                 digest = hashlib.sha256()
+                pace = _Pace(shown, deadline_s, min_rate_bps, rate_window_s)
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled("download {}: cancelled after {} bytes".format(
@@ -270,6 +309,7 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
                     digest.update(block)
                     write_all(fd, block)
                     reporter.update(done)
+                    pace.check(done, expected_total)
             finally:
                 stream.close()
             if expected_total is not None and done < expected_total:
@@ -278,15 +318,47 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
                                             shown, done, expected_total))
             actual = digest.hexdigest()
             if expected_sha256 is not None and actual != expected_sha256:
-                raise ChecksumMismatch("download {}: sha256 is {} but {} was expected; the "
-                                       "published file is not the one announced (fix the "
-                                       "sha256 or the file)".format(shown, actual,
-                                                                   expected_sha256))
+                # The computed hash is never shown: it would tell the sender the hash of a
+                # file it may not be allowed to read.
+                raise ChecksumMismatch("download {}: sha256 does not match the expected {}; "
+                                       "the published file is not the one announced (fix "
+                                       "the sha256 or the file)".format(shown, expected_sha256))
             reporter.update(done, final=True)
     except OSError:
         stream.close()  # the temp file could not be made: do not leave the connection open
         raise
     return actual, done
+
+
+class _Pace(object):
+    """The overall deadline and the minimum rate of one download."""
+
+    def __init__(self, shown: str, deadline_s: Optional[float], min_rate_bps: Optional[float],
+                 window_s: float) -> None:
+        self.shown = shown
+        self.deadline_s = deadline_s
+        self.min_rate = min_rate_bps
+        self.window_s = max(float(window_s), 0.001)
+        self.start = self.window_start = time.monotonic()
+        self.window_done = 0
+
+    def check(self, done: int, total: Optional[int]) -> None:
+        now = time.monotonic()
+        if self.deadline_s is not None and now - self.start > self.deadline_s:
+            raise DownloadTooSlow("download {}: not finished after {:g} s ({} of {} bytes), "
+                                  "over updates.download_timeout_s; use a faster link or a "
+                                  "smaller model, or raise the limit".format(
+                                      self.shown, self.deadline_s, done,
+                                      total if total is not None else "?"))
+        if self.min_rate and now - self.window_start >= self.window_s:
+            rate = (done - self.window_done) / (now - self.window_start)
+            if rate < self.min_rate:
+                raise DownloadTooSlow("download {}: too slow: {:.0f} bytes/s over the last "
+                                      "{:g} s, below updates.download_min_rate_bps ({:g}); "
+                                      "check the server and the network, then "
+                                      "retry".format(self.shown, rate, now - self.window_start,
+                                                     self.min_rate))
+            self.window_start, self.window_done = now, done
 
 
 def _read(stream: Any, shown: str, done: int, total: Optional[int], timeout: float) -> bytes:

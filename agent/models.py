@@ -51,7 +51,7 @@ from . import atomicfile
 from .atomicfile import fsync_dir
 from .download import check_sha256, fetch, redact_url
 from .errors import ModelError
-from .package import MANIFEST_NAME, ModelPackage, _safe_component
+from .package import MANIFEST_NAME, ModelPackage, _safe_component, load_untrusted_yaml
 
 try:
     import fcntl
@@ -66,7 +66,7 @@ LOCK_NAME = ".lock"
 TMP_PREFIX = ".tmp-"
 RESERVED_FILES = (MANIFEST_NAME, META_NAME, LOCK_NAME)
 MAX_COMPONENT = 100
-MANIFEST_MAX_BYTES = 1 << 20
+MANIFEST_MAX_BYTES = 64 * 1024  # a manifest is ~1 KB; refused above this before parsing
 LABELS_MAX_BYTES = 16 << 20
 
 # progress(phase, fraction 0..1 or None, detail): the same shape as backends.Progress.
@@ -757,13 +757,20 @@ class ModelStore(object):
                 manifest: Optional[Dict[str, Any]] = None, manifest_url: Optional[str] = None,
                 labels_url: Optional[str] = None, signature: Optional[str] = None,
                 public_key_file: Optional[str] = None, progress: Optional[Progress] = None,
-                cancel: Any = None) -> ModelPackage:
+                cancel: Any = None, labels_sha256: Optional[str] = None,
+                policy: Optional[Dict[str, Any]] = None) -> ModelPackage:
         """Download, verify and add name@version; it is NOT activated (see activate()).
 
         Installing a version that is already there with the same sha256 returns it (a retried
         command is harmless); with another sha256 it is refused.
         `progress(phase, fraction, detail)` gets phases "downloading" and "verifying".
+        `labels_sha256` (from the command) is the labels' hash when the manifest has none.
+        `policy` is what commands from MQTT add (agent.commands.ModelManager): "fetch" holds
+        extra keyword arguments for every download (file_roots, deadline_s, min_rate_bps,
+        rate_window_s) and "require_labels_sha256" refuses labels without a hash.
         """
+        policy = policy or {}
+        fetch_extra = dict(policy.get("fetch") or {})
         name = check_component("name", name)
         version = check_component("version", version)
         sha256 = check_sha256(sha256, "model {}@{}: sha256".format(name, version))
@@ -785,8 +792,22 @@ class ModelStore(object):
         with _fs_errors("installing {}@{}".format(name, version), self.root), \
                 self._workdir() as work:
             if manifest_url is not None:
-                manifest = self._fetch_manifest(manifest_url, work, name, version, cancel)
+                manifest = self._fetch_manifest(manifest_url, work, name, version, cancel,
+                                                fetch_extra)
             final = final_manifest(name, version, sha256, manifest, labels_url is not None)
+            if labels_url is not None and labels_sha256 is not None:
+                labels_sha256 = check_sha256(labels_sha256, "model {}@{}: labels_sha256".format(
+                    name, version))
+                if final.get("labels_sha256") not in (None, labels_sha256):
+                    raise ModelError("model {}@{}: the command's labels_sha256 differs from the "
+                                     "manifest's; make them agree".format(name, version))
+                if not public_key_file:  # a signed manifest must carry it itself
+                    final["labels_sha256"] = labels_sha256
+            if (labels_url is not None and not public_key_file and
+                    policy.get("require_labels_sha256") and not final.get("labels_sha256")):
+                raise ModelError("model {}@{}: labels_url is given without labels_sha256; labels "
+                                 "are only fetched with their sha256 (add labels_sha256 to the "
+                                 "command or the manifest)".format(name, version))
             ModelPackage.from_dict(work, final, "model {}@{}: manifest".format(name, version))
             canonical_manifest_bytes(final)  # refuses values JSON cannot carry, signed or not
             if public_key_file:
@@ -808,12 +829,12 @@ class ModelStore(object):
             _, nbytes = fetch(url, os.path.join(work, final["file"]), sha256, self.max_bytes,
                               self.allowed_schemes, progress=on_bytes,
                               stall_timeout_s=self.stall_timeout_s, cancel=cancel, size=size,
-                              ca_file=self.ca_file)
+                              ca_file=self.ca_file, **fetch_extra)
             if labels_url is not None:
                 fetch(labels_url, os.path.join(work, final["labels"]),
                       final.get("labels_sha256"), min(self.max_bytes, LABELS_MAX_BYTES),
                       self.allowed_schemes, stall_timeout_s=self.stall_timeout_s,
-                      cancel=cancel, ca_file=self.ca_file)
+                      cancel=cancel, ca_file=self.ca_file, **fetch_extra)
             report("verifying", None, "checking {}".format(shown))
             write_atomic(os.path.join(work, MANIFEST_NAME), _yaml_bytes(
                 final, "installed by edge-agent from {}".format(shown)))
@@ -826,17 +847,21 @@ class ModelStore(object):
         return self.get(name, version)
 
     def _fetch_manifest(self, url: str, work: str, name: str, version: str,
-                        cancel: Any) -> Dict[str, Any]:
+                        cancel: Any, fetch_extra: Optional[Dict[str, Any]] = None
+                        ) -> Dict[str, Any]:
         import yaml
         path = os.path.join(work, TMP_PREFIX + "manifest")
+        # The size cap applies before parsing; anchors/aliases are refused while parsing.
         fetch(url, path, None, MANIFEST_MAX_BYTES, self.allowed_schemes,
-              stall_timeout_s=self.stall_timeout_s, cancel=cancel, ca_file=self.ca_file)
+              stall_timeout_s=self.stall_timeout_s, cancel=cancel, ca_file=self.ca_file,
+              **(fetch_extra or {}))
         try:
             with open(path, "rb") as handle:
-                data = yaml.safe_load(handle.read().decode("utf-8"))
+                data = load_untrusted_yaml(handle.read().decode("utf-8"))
         except (UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ModelError("model {}@{}: manifest_url {} is not a JSON or YAML document: "
-                             "{}".format(name, version, redact_url(url), exc))
+                             "{}".format(name, version, redact_url(url),
+                                         " ".join(str(exc).split())))
         finally:
             os.unlink(path)
         if not isinstance(data, dict):

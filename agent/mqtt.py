@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, str], None]  # (command, payload, topic)
+CommandHandler = Callable[..., None]  # (command, payload, topic[, retained=True])
 
 
 def _rc_value(rc: Any) -> int:
@@ -303,6 +303,11 @@ class MqttLink(object):
         if self.on_command is None:
             return
         try:
-            self.on_command(command, message.payload, topic)
+            if getattr(message, "retain", False):
+                # The broker replaying a retained message (at every subscribe): not a new
+                # command. The handler answers it without running it.
+                self.on_command(command, message.payload, topic, True)
+            else:
+                self.on_command(command, message.payload, topic)
         except Exception:  # a handler bug must not kill paho's network thread
             log.exception("command handler failed for %s", topic)

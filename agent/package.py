@@ -239,6 +239,33 @@ def _check_pixel_budget(where: str, shape: List[int], layout: str) -> None:
                              MAX_INPUT_SIDE))
 
 
+def load_untrusted_yaml(text: str) -> Any:
+    """Parse a YAML (or JSON) document from outside the device, e.g. a manifest_url.
+
+    Anchors and aliases are refused while composing, before anything is expanded: a few
+    hundred bytes of nested aliases ("billion laughs") would otherwise build gigabytes of
+    objects. Raises yaml.YAMLError. Works with PyYAML 3.12 and later.
+    """
+    import yaml
+    from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, AliasEvent) or (
+                    isinstance(event, (ScalarEvent, CollectionStartEvent)) and event.anchor):
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML anchors and aliases (&name, *name) are not allowed in a "
+                    "manifest; write the values out", event.start_mark)
+            return yaml.SafeLoader.compose_node(self, parent, index)
+
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_labels(path: str) -> List[str]:
     """One class name per line (UTF-8); blank trailing lines ignored."""
     try:

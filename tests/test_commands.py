@@ -26,7 +26,7 @@ from agent.backends.base import BackendOptions  # noqa: E402
 from agent.commands import CommandError, ModelManager, parse_command  # noqa: E402
 from agent.errors import BackendError  # noqa: E402
 from agent.models import ModelStore  # noqa: E402
-from test_models_store import FileServer, publish_model  # noqa: E402
+from test_models_store import LABELS, FileServer, publish_model, sha  # noqa: E402
 
 TERMINAL = ("activated", "installed", "done", "rejected", "failed")
 INSTALL_ORDER = ["accepted", "downloading", "verifying", "building", "validating", "activated"]
@@ -206,7 +206,7 @@ class Env(object):
 
     def install(self, version: str, seed: int, request_id: str, **changes: Any) -> None:
         args = publish_model(self.server, version, seed)
-        args.update(request_id=request_id)
+        args.update(request_id=request_id, labels_sha256=sha(LABELS))
         args.update(changes)
         self.manager.submit_raw("model/install", json.dumps(
             {k: v for k, v in args.items() if v is not None}).encode())
@@ -391,7 +391,7 @@ def test_failed_download_is_reported(env: Env) -> None:
     env.install("1", 1, "bad", sha256="0" * 64)
     final = env.events.finished("bad")
     assert final["state"] == "failed"
-    assert "sha256 is" in final["error"] and "0" * 64 in final["error"]
+    assert "does not match the expected " + "0" * 64 in final["error"]
     assert final["detail"] == "no model was active"
     assert env.seam.activated == [] and env.store.list() == []
 

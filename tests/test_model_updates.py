@@ -70,7 +70,8 @@ def sha256(path):
 def install_payload(server, root, version, onnx="model.onnx", rid=None, **extra):
     payload = {"name": "efficientnet_lite0", "version": version, "url": server.url(onnx),
                "sha256": sha256(root / onnx), "manifest": dict(MANIFEST),
-               "labels_url": server.url("labels.txt"), "request_id": rid or "install-" + version}
+               "labels_url": server.url("labels.txt"), "labels_sha256": sha256(root / "labels.txt"),
+               "request_id": rid or "install-" + version}
     payload.update(extra)
     return payload
 

@@ -180,6 +180,7 @@ def test_disk_full_during_a_download_is_reported_and_serving_continues(
             "name": "efficientnet_lite0", "version": "2", "url": server.url("model.onnx"),
             "sha256": hashlib.sha256((www / "model.onnx").read_bytes()).hexdigest(),
             "manifest": MANIFEST, "labels_url": server.url("labels.txt"),
+            "labels_sha256": hashlib.sha256((www / "labels.txt").read_bytes()).hexdigest(),
             "request_id": "full"})
         failed = recorder.wait_topic("diskfull/events", lambda p: p.get("request_id") == "full"
                                      and p["state"] in ("failed", "activated"), 60, "result")

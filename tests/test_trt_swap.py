@@ -28,7 +28,7 @@ def test_tensorrt_swap_loses_no_frame_and_leaves_no_long_gap(broker, recorder, t
             "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=trt",
             "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",
             "backend.precision=fp16", "source.uri=file://models/samples", "source.fps=20",
-            "telemetry.interval_s=1"])
+            "telemetry.interval_s=1", "updates.file_roots=[{}]".format(www)])
         agent = Agent(config)
         thread = threading.Thread(target=agent.run)
         thread.start()
@@ -41,7 +41,8 @@ def test_tensorrt_swap_loses_no_frame_and_leaves_no_long_gap(broker, recorder, t
             recorder.publish("edge/trt/cmd/model/install", {
                 "name": "efficientnet_lite0", "version": "2", "sha256": digest,
                 "url": "file://" + str(www / "model.onnx"), "manifest": MANIFEST,
-                "labels_url": "file://" + str(www / "labels.txt"), "request_id": "trt-2"})
+                "labels_url": "file://" + str(www / "labels.txt"), "request_id": "trt-2",
+                "labels_sha256": hashlib.sha256((www / "labels.txt").read_bytes()).hexdigest()})
             done = recorder.wait_topic("trt/events", lambda p: p.get("request_id") == "trt-2" and
                                        p["state"] in ("activated", "failed", "rejected"), 120,
                                        "install result")
