@@ -161,7 +161,8 @@ def _check_field(where: str, kind: str, value: Any) -> Any:
 def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLOAD) -> Command:
     """Check one command (the topic's last part(s), e.g. "model/install", and its payload).
 
-    An empty payload means {}. Raises CommandError naming the field, the value and the fix;
+    An empty payload runs nothing: a zero-length message is how MQTT clears a retained one,
+    and the broker delivers that to live subscribers too. Raises CommandError naming the field, the value and the fix;
     it carries the command and request_id when they could be read, for the rejected event.
     """
     command = topic_command if isinstance(topic_command, str) else repr(topic_command)
@@ -176,17 +177,18 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
     except UnicodeDecodeError as exc:
         raise CommandError("{}: payload is not UTF-8 ({}); send a JSON object".format(
             command, exc), command)
-    if text.strip():
-        try:
-            body = json.loads(text, parse_constant=_refuse_constant)
-        except ValueError as exc:
-            raise CommandError("{}: payload is not valid JSON ({}); send a JSON object like "
-                               "{{\"request_id\": \"r1\"}}".format(command, exc), command)
-        except RecursionError:
-            raise CommandError("{}: payload is nested too deeply to parse; send a flat JSON "
-                               "object like {{\"request_id\": \"r1\"}}".format(command), command)
-    else:
-        body = {}
+    if not text.strip():
+        raise CommandError("{}: empty payload, ignored: an empty message is how MQTT clears a "
+                           "retained one; send {{}} (or {{\"request_id\": \"r1\"}}) to run "
+                           "the command".format(command), command)
+    try:
+        body = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise CommandError("{}: payload is not valid JSON ({}); send a JSON object like "
+                           "{{\"request_id\": \"r1\"}}".format(command, exc), command)
+    except RecursionError:
+        raise CommandError("{}: payload is nested too deeply to parse; send a flat JSON object "
+                           "like {{\"request_id\": \"r1\"}}".format(command), command)
     if not isinstance(body, dict):
         raise CommandError("{}: payload must be a JSON object, got {}".format(
             command, type(body).__name__), command)

@@ -57,7 +57,7 @@ def test_parse_install_defaults() -> None:
 
 
 @pytest.mark.parametrize("command,body", [
-    ("ping", b""), ("ping", b"  "), ("model/list", b"{}"),
+    ("ping", b"{}"), ("model/list", b"{}"),
     ("model/rollback", b'{"request_id": "x"}'),
     ("model/activate", payload(name="tiny", version="1")),
     ("model/remove", payload(name="tiny", version="1.0-rc_2")),
@@ -67,6 +67,9 @@ def test_parse_valid_commands(command: str, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("command,body,message,request_id", [
+    ("model/rollback", b"", "empty payload, ignored: an empty message is how MQTT clears a "
+     "retained one", None),
+    ("ping", b"  ", "empty payload, ignored", None),
     ("model/install", b"{not json", "payload is not valid JSON", None),
     ("model/install", b"\xff\xfe", "payload is not UTF-8", None),
     ("model/install", b"[1, 2]", "payload must be a JSON object, got list", None),
@@ -281,7 +284,7 @@ def test_rollback_activate_list_remove_ping(env: Env) -> None:
     removed = env.events.finished("rm3")
     assert removed["state"] == "done" and removed["detail"] == "removed tiny@3"
 
-    env.manager.submit_raw("ping", b"")
+    env.manager.submit_raw("ping", b"{}")
     env.events.wait_for(lambda items: any(e["command"] == "ping" for e in items), "pong")
     pong = [e for e in env.events.items if e["command"] == "ping"][0]
     assert pong["state"] == "done" and pong["detail"] == "pong"
@@ -379,7 +382,7 @@ def test_failed_swap_closes_the_new_backend_and_keeps_the_record(env: Env) -> No
     env.install("1", 1, "i1")
     assert env.events.finished("i1")["state"] == "activated"
     env.seam.fail_activate = "inference thread did not take the new model within 30 s"
-    env.manager.submit_raw("model/rollback", b"")  # no previous yet: fails before prepare
+    env.manager.submit_raw("model/rollback", b"{}")  # no previous yet: fails before prepare
     env.install("2", 2, "i2")
     final = env.events.finished("i2")
     assert final["state"] == "failed" and "did not take the new model" in final["error"]
