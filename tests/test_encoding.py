@@ -21,11 +21,17 @@ from conftest import MODEL_DIR, ROOT
 PYENV_36 = "/root/.pyenv/versions/3.6.15/bin/python"
 
 
+# The JetPack 4.6 stack's venv (.ci/stacks; .ci/run makes it before the main suite) has the
+# agent's dependencies on 3.6; pyenv's bare 3.6 has only the standard library.
+JP46 = os.path.join(ROOT, ".venv-stacks", "jp46", "bin", "python")
+
+
 def python36():
     if sys.version_info[:2] == (3, 6):
         return sys.executable
-    if os.access(PYENV_36, os.X_OK):
-        return PYENV_36
+    for candidate in (JP46, PYENV_36):
+        if os.access(candidate, os.X_OK):
+            return candidate
     pytest.skip("no Python 3.6 here ({} absent): 3.7+ coerce the C locale to UTF-8, so only 3.6 "
                 "shows the failure".format(PYENV_36))
 
