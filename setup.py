@@ -62,7 +62,7 @@ setup(
         "jetson": ["pycuda<=2022.1; python_version<'3.8'", "pycuda; python_version>='3.8'"],
         "nvml": ["nvidia-ml-py"],
         "signing": ["cryptography"],
-        "tests": ["pytest", "vermin", "onnx", "hypothesis", "cryptography", "mypy"],
+        "tests": ["pytest", "pytest-randomly", "vermin", "onnx", "hypothesis", "cryptography", "mypy"],
     },
     data_files=model_files(),
     entry_points={"console_scripts": ["edge-agent=agent.__main__:main"]},
