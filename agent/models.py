@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import atomicfile
 from .atomicfile import fsync_dir
-from .download import check_sha256, fetch, redact_url
+from .download import DownloadTooLarge, check_sha256, fetch, redact_url
 from .errors import ModelError
 from .package import MANIFEST_NAME, ModelPackage, _safe_component, load_untrusted_yaml
 
@@ -852,9 +852,15 @@ class ModelStore(object):
         import yaml
         path = os.path.join(work, TMP_PREFIX + "manifest")
         # The size cap applies before parsing; anchors/aliases are refused while parsing.
-        fetch(url, path, None, MANIFEST_MAX_BYTES, self.allowed_schemes,
-              stall_timeout_s=self.stall_timeout_s, cancel=cancel, ca_file=self.ca_file,
-              **(fetch_extra or {}))
+        try:
+            fetch(url, path, None, MANIFEST_MAX_BYTES, self.allowed_schemes,
+                  stall_timeout_s=self.stall_timeout_s, cancel=cancel, ca_file=self.ca_file,
+                  **(fetch_extra or {}))
+        except DownloadTooLarge:
+            raise ModelError("model {}@{}: manifest_url {} is over the limit of {} bytes for a "
+                             "manifest (a few KB: name, version, input, output); check that the "
+                             "URL names the manifest, not the model".format(
+                                 name, version, redact_url(url), MANIFEST_MAX_BYTES))
         try:
             with open(path, "rb") as handle:
                 data = load_untrusted_yaml(handle.read().decode("utf-8"))

@@ -245,7 +245,7 @@ def test_manifest_url_with_aliases_or_oversized_is_refused(env: Env) -> None:
     big = json.dumps(tiny_manifest()).encode() + b"\n#" + b" " * 70000 + b"\n"
     for rid, document, words in (("alias", aliased, "anchors and aliases"),
                                  ("laughs", laughs, "anchors and aliases"),
-                                 ("big", big, "over the limit")):
+                                 ("big", big, "over the limit of 65536 bytes for a manifest")):
         args = publish_model(env.server, "1", 1)
         del args["manifest"]
         args.update(request_id=rid, labels_sha256=sha(LABELS),
