@@ -162,8 +162,9 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
     """Check one command (the topic's last part(s), e.g. "model/install", and its payload).
 
     An empty payload runs nothing: a zero-length message is how MQTT clears a retained one,
-    and the broker delivers that to live subscribers too. Raises CommandError naming the field, the value and the fix;
-    it carries the command and request_id when they could be read, for the rejected event.
+    and the broker delivers that to live subscribers too. Raises CommandError naming the
+    field, the value and the fix; it carries the command and request_id when they could be
+    read, for the rejected event.
     """
     command = topic_command if isinstance(topic_command, str) else repr(topic_command)
     if payload is None:
@@ -241,7 +242,8 @@ def parse_command(topic_command: str, payload: bytes, max_bytes: int = MAX_PAYLO
 
 RETAINED_ERROR = ("ignored a retained message: the broker replays retained commands at every "
                   "(re)connect, so they are never run; publish commands without the retain "
-                  "flag, and clear this retained message")
+                  "flag, and clear this one by publishing an empty retained message to its "
+                  "topic (an empty payload runs nothing)")
 
 
 def request_id_of(payload: Any) -> Optional[str]:
