@@ -91,3 +91,21 @@ def test_unknown_fields_are_named_in_singular_and_plural():
     assert "ping: unknown field 'a'; allowed: request_id, ts" == one, one
     two = refused("ping", json.dumps({"a": 1, "b": 2}).encode())
     assert two.startswith("ping: unknown fields 'a', 'b';"), two
+
+
+def test_cancel_target_field():
+    longest = "t" * MAX_REQUEST_ID
+    cmd = parse_command("model/cancel", json.dumps({"target": longest}).encode())
+    assert cmd.args["target"] == longest
+    for bad in ("", "t" * (MAX_REQUEST_ID + 1), 7, ["r1"], None):
+        message = refused("model/cancel", json.dumps({"target": bad}).encode())
+        assert message.startswith("model/cancel: target: "), message
+    assert "must be a non-empty string of at most {} characters".format(MAX_REQUEST_ID) in \
+        refused("model/cancel", json.dumps({"target": 7}).encode())
+
+
+def test_ts_must_be_a_positive_finite_number():
+    assert parse_command("ping", b'{"ts": 1700000000.5}').ts == 1700000000.5
+    for bad in ("0", "-5", "true", '"1700000000"', "1e999", "[1]"):
+        message = refused("ping", '{{"ts": {}}}'.format(bad).encode())
+        assert message.startswith("ping: ts: "), message
