@@ -144,3 +144,58 @@ def test_two_corrupt_files_in_the_same_second_are_both_kept(tmp_path, monkeypatc
                      "spool.db.corrupt-20260101-000000-3"]
     contents = set(open(str(tmp_path / name), "rb").read()[:14] for name in aside)
     assert len(contents) == 3
+
+
+# -- Spool.adopt: moving a memory spool (FallbackSpool's) into the file ----------------------
+
+def test_last_id_of_a_new_spool_is_zero(tmp_path):
+    with Spool(str(tmp_path / "s.db")) as spool:
+        assert spool.last_id() == 0
+        spool.put(TOPIC, b"a", 1, False, "event")
+        assert spool.last_id() == 1
+
+
+def test_adopt_keeps_ids_and_drop_counts_and_supersedes_only_retained_status(tmp_path):
+    memory = Spool(spool_mod.MEMORY, max_messages=2)
+    for n in range(4):  # two predictions are dropped by the bound of 2
+        memory.put(TOPIC, str(n).encode(), 1, False, "prediction")
+    memory.put(STATUS, b"new", 1, True, "status")
+    with Spool(str(tmp_path / "s.db")) as disk:
+        disk.put(STATUS, b"old retained", 1, True, "status")       # superseded
+        disk.put(STATUS, b"old live", 1, False, "status")          # not retained: kept
+        disk.put("edge/dev/info", b"info", 1, True, "status")      # other topic: kept
+        disk.put(STATUS, b"same topic event", 1, True, "event")    # not a status: kept
+        ids = [m.id for m in memory.pending(10)]
+        moved = disk.adopt(memory)
+        assert moved == len(ids)
+        rows = disk.pending(20)
+        assert [m.id for m in rows[:moved]] == ids
+        assert [m.payload for m in rows[moved:]] == [b"old live", b"info", b"same topic event"]
+        assert all(m.id > memory.last_id() for m in rows[moved:])
+        assert disk.dropped()["prediction"] == memory.dropped()["prediction"] > 0
+    memory.close()
+
+
+def test_a_failed_adopt_leaves_the_file_as_it_was(tmp_path):
+    class Broken(object):
+        """A spool whose pending rows repeat an id, so the move fails halfway."""
+        def pending(self, limit, after_id=0):
+            row = spool_mod.SpooledMessage(7, TOPIC, b"x", 1, False, "event", 1.0)
+            return [row, row]
+
+        def dropped(self):
+            return {}
+
+        def last_id(self):
+            return 7
+
+        def __len__(self):
+            return 2
+
+    with Spool(str(tmp_path / "s.db")) as disk:
+        disk.put(TOPIC, b"kept", 1, False, "event")
+        with pytest.raises(sqlite3.IntegrityError):
+            disk.adopt(Broken())
+        assert [m.payload for m in disk.pending(10)] == [b"kept"]
+        disk.put(TOPIC, b"after", 1, False, "event")  # still usable: no transaction left open
+        assert len(disk) == 2
