@@ -302,15 +302,6 @@ def is_downgrade(new: str, active: str) -> bool:
     return len(a) < len(b)
 
 
-def _option(config: Any, key: str, default: Any) -> Any:
-    """Like models._setting, but an explicit null stays null (it means "off" for some keys)."""
-    if config is None:
-        return default
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
 class _CancelFlag(object):
     """What a download polls: the agent stops, or model/cancel names the command."""
 
@@ -346,13 +337,14 @@ class ModelManager(object):
         self._activate = activate
         self._stop = stop_event
         self.public_key_file = _setting(updates_config, "public_key_file", None)
-        self.max_age_s = _option(updates_config, "command_max_age_s", DEFAULT_COMMAND_MAX_AGE_S)
-        roots = _option(updates_config, "file_roots", None) or []
+        self.max_age_s = _setting(updates_config, "command_max_age_s",
+                                  DEFAULT_COMMAND_MAX_AGE_S, keep_null=True)
+        roots = _setting(updates_config, "file_roots", [])
         fetch_extra = {"file_roots": list(roots)}  # type: Dict[str, Any]
         for key, name in (("download_timeout_s", "deadline_s"),
                           ("download_min_rate_bps", "min_rate_bps"),
                           ("download_rate_window_s", "rate_window_s")):
-            value = _option(updates_config, key, None)
+            value = _setting(updates_config, key, None)
             if value is not None:
                 fetch_extra[name] = value
         self.policy = {"fetch": fetch_extra, "require_labels_sha256": True}

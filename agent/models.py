@@ -342,15 +342,16 @@ def _copy_atomic(src: str, dst: str) -> None:
     atomicfile.copy_atomic(src, dst, TMP_PREFIX)
 
 
-def _setting(config: Any, key: str, default: Any) -> Any:
-    """A key of the `updates` config, given as a mapping or as an object with attributes."""
+def _setting(config: Any, key: str, default: Any, keep_null: bool = False) -> Any:
+    """A key of the `updates` config, given as a mapping or as an object with attributes.
+    A null value gives `default`, unless `keep_null` (for keys where null means "off")."""
     if config is None:
         return default
     if isinstance(config, dict):
         value = config.get(key, default)
     else:
         value = getattr(config, key, default)
-    return default if value is None else value
+    return default if value is None and not keep_null else value
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class Classifier(object):
         probs = self.scores(outputs)
         k = min(self.top_k, probs.shape[0])
         # Highest first; equal scores keep index order. "mergesort" is numpy's stable sort under
-        # its pre-1.15 name (kind="stable" needs numpy >= 1.15; JetPack 4.6 has 1.13.3).
+        # its pre-1.15 name (the "stable" kind needs numpy >= 1.15; JetPack 4.6 has 1.13.3).
         idx = np.argsort(-probs, kind="mergesort")[:k]
         top = []
         for i in idx:

@@ -71,9 +71,13 @@ def make_logger(trt: Any) -> Any:
     """
     with _LOGGERS_LOCK:
         held = _LOGGERS.get(id(trt))
-        if held is not None and held[0] is trt:
-            return held[1]
+        if held is None or held[0] is not trt:
+            held = (trt, _new_logger(trt))
+            _LOGGERS[id(trt)] = held
+    return held[1]
 
+
+def _new_logger(trt: Any) -> Any:
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
@@ -104,13 +108,7 @@ def make_logger(trt: Any) -> Any:
                 errors = self.errors[len(self.errors) - fresh:] if fresh else []
             return " | ".join(errors[-n:])
 
-    logger = _Logger()
-    with _LOGGERS_LOCK:
-        held = _LOGGERS.get(id(trt))
-        if held is not None and held[0] is trt:
-            return held[1]
-        _LOGGERS[id(trt)] = (trt, logger)
-    return logger
+    return _Logger()
 
 
 _PLUGINS_READY = {}  # type: Dict[int, Any]
