@@ -265,6 +265,7 @@ class CameraSource(Source):
     paced = False      # read() blocks on the camera
     open_timeout_s = 20.0
     stall_timeout_s = 5.0
+    stop_timeout_s = 2.0  # how long close() waits for the reader to release the capture
     kind = "camera"
 
     def __init__(self, uri: str, root: str = "/", **kw: Any) -> None:
@@ -327,8 +328,10 @@ class CameraSource(Source):
                                   self.describe(), self.kind, self.open_timeout_s,
                                   self.safe_pipeline()))
         if session.error is not None and session.frame is None:
-            session.closing.set()
             self._session = None
+            # Wait for the reader to release the capture: a process that exits while a thread
+            # is still tearing down OpenCV's GStreamer pipeline can abort in C++.
+            self._stop(session)
             raise SourceError(session.error)
 
     def _reader(self, cv2: Any, session: _Session) -> None:
@@ -381,12 +384,14 @@ class CameraSource(Source):
 
     def close(self) -> None:
         session, self._session = self._session, None
-        if session is None:
-            return
+        if session is not None:
+            self._stop(session)
+
+    def _stop(self, session: _Session) -> None:
         session.closing.set()
         thread = session.thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(2.0)
+            thread.join(self.stop_timeout_s)
             if thread.is_alive():
                 # cv2.VideoCapture.read() cannot be interrupted; the thread releases the
                 # capture when that read returns (OpenCV >= 4.6 gives up after 30 s).

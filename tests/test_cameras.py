@@ -322,6 +322,38 @@ def test_a_camera_that_never_opens_times_out():
     assert cam.cap.released.wait(10)
 
 
+class UnopenedCapture(object):
+    """A capture that failed to open and is slow to release, as OpenCV's GStreamer teardown is.
+
+    A process that exits while another thread is inside that release aborts in C++ ("terminate
+    called without an active exception"; seen in CI with `gst://nosuchelement ! appsink`).
+    """
+
+    def __init__(self, returned: threading.Event) -> None:
+        self.returned = returned
+        self.order = []  # type: List[str]
+
+    def isOpened(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        self.returned.wait(1.0)  # set at once if open() returned without waiting for us
+        self.order.append("released")
+
+
+def test_a_failed_open_returns_only_after_the_capture_is_released():
+    returned = threading.Event()
+    cam = DoubleCamera()
+    cam.cap = UnopenedCapture(returned)  # type: ignore
+    cam.stop_timeout_s = 30.0
+    with pytest.raises(SourceError) as err:
+        cam.open()
+    cam.cap.order.append("open returned")
+    returned.set()
+    assert "could not open the camera" in str(err.value)
+    assert cam.cap.order[0] == "released", cam.cap.order
+
+
 # ---------------------------------------------------------------- real GStreamer
 
 @pytest.fixture(scope="module")
