@@ -1,0 +1,1 @@
+"""Command-line interface: one module per `edge-agent` subcommand; agent/__main__.py only parses."""

@@ -1,0 +1,1 @@
+"""The frame pipeline: capture -> preprocess -> infer -> publish, one thread per stage."""

@@ -1,0 +1,1 @@
+"""Model updates: command parsing, the update worker, loading and probation of new models."""
