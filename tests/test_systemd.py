@@ -22,14 +22,8 @@ import uuid
 import pytest
 
 from agent.errors import ConfigError
-from agent.systemd import (
-    JournalFormatter,
-    Notifier,
-    StartTimeoutExtender,
-    WatchdogPinger,
-    configure_logging,
-    under_journald,
-)
+from agent.logs import JournalFormatter, configure_logging, under_journald
+from agent.systemd import Notifier, StartTimeoutExtender, WatchdogPinger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(REPO, "systemd", "edge-agent.service")
