@@ -211,6 +211,12 @@ class _Ticker(object):
         self._thread.start()
         return True
 
+    @property
+    def running(self):
+        # type: () -> bool
+        """True while the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout=None):
         # type: (Optional[float]) -> None
         if self._thread is not None:

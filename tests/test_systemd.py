@@ -5,6 +5,7 @@ No sleeps for synchronisation: tests block on the receiving socket with a timeou
 pinger's tick() with a fake clock.
 """
 
+import contextlib
 import io
 import itertools
 import logging
@@ -51,6 +52,14 @@ class Receiver(object):
     def fields(self, timeout=ARRIVE_S):
         return dict(line.split("=", 1) for line in self.recv(timeout).split("\n"))
 
+    def drain(self):
+        """Read what is still arriving until nothing comes for NO_MORE_S."""
+        while True:
+            try:
+                self.recv(NO_MORE_S)
+            except socket.timeout:
+                return
+
     def assert_silent(self, timeout=NO_MORE_S):
         self.sock.settimeout(timeout)
         with pytest.raises(socket.timeout):
@@ -59,6 +68,19 @@ class Receiver(object):
 
     def close(self):
         self.sock.close()
+
+
+@contextlib.contextmanager
+def started(ticker):
+    """The pinger's or extender's thread running for the body; stopped through its stop Event
+    and joined after."""
+    assert ticker.start() is True
+    try:
+        yield
+    finally:
+        ticker.stop.set()
+        ticker.join(ARRIVE_S)
+    assert not ticker.running
 
 
 @pytest.fixture
@@ -312,32 +334,19 @@ def test_default_interval_and_stall_limit_come_from_watchdog_usec(path_socket):
 def test_pinger_thread_keeps_pinging_a_moving_counter(path_socket):
     receiver, env = path_socket
     counter = itertools.count()
-    stop = threading.Event()
     pinger = WatchdogPinger(
-        Notifier(environ=env),
-        progress=lambda: next(counter),
-        stop=stop,
-        interval=0.01,
-        stall_after_s=0.05,
+        Notifier(environ=env), progress=lambda: next(counter), interval=0.01, stall_after_s=0.05
     )
-    assert pinger.start() is True
-    try:
+    with started(pinger):
         for _ in range(20):
             assert receiver.recv() == "WATCHDOG=1"
-    finally:
-        stop.set()
-        pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
 
 
 def test_pinger_thread_goes_silent_when_the_counter_stalls(path_socket):
     receiver, env = path_socket
-    stop = threading.Event()
-    pinger = WatchdogPinger(
-        Notifier(environ=env), progress=lambda: 7, stop=stop, interval=0.01, stall_after_s=0.1
-    )
-    assert pinger.start() is True
-    try:
+    pinger = WatchdogPinger(Notifier(environ=env), progress=lambda: 7, interval=0.01,
+                            stall_after_s=0.1)
+    with started(pinger):
         pings = 0
         while True:
             message = receiver.recv()
@@ -350,10 +359,6 @@ def test_pinger_thread_goes_silent_when_the_counter_stalls(path_socket):
         # 30 intervals with no WATCHDOG=1: systemd would now kill the agent.
         receiver.assert_silent(0.3)
         assert pinger.stalled
-    finally:
-        stop.set()
-        pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
 
 
 def test_setting_the_stop_event_ends_the_thread_promptly(path_socket):
@@ -366,10 +371,7 @@ def test_setting_the_stop_event_ends_the_thread_promptly(path_socket):
     assert receiver.recv() == "WATCHDOG=1"  # first ping at start, then it waits an hour
     stop.set()
     pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
-
-
-# --- journald logging -------------------------------------------------------------------------
+    assert not pinger.running
 
 
 # --- StartTimeoutExtender ---------------------------------------------------------------------
@@ -411,13 +413,9 @@ def test_extender_stops_with_the_stop_event_so_a_stop_timeout_is_never_extended(
     assert extender.start()
     assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "150000"}
     stop.set()
-    extender._thread.join(ARRIVE_S)
-    assert not extender._thread.is_alive()
-    while True:  # what was sent before the thread saw the Event
-        try:
-            receiver.recv(NO_MORE_S)
-        except socket.timeout:
-            break
+    extender.join(ARRIVE_S)
+    assert not extender.running
+    receiver.drain()  # what was sent before the thread saw the Event
     assert not extender.tick()
     receiver.assert_silent()
 
@@ -429,12 +427,8 @@ def test_extender_thread_sends_until_finish_returns(path_socket):
     for _ in range(3):
         assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "60000"}
     extender.finish()
-    assert not extender._thread.is_alive()
-    while True:
-        try:
-            receiver.recv(NO_MORE_S)
-        except socket.timeout:
-            break
+    assert not extender.running
+    receiver.drain()
     receiver.assert_silent()
 
 
@@ -443,6 +437,9 @@ def test_extender_is_a_noop_outside_systemd():
     assert not extender.start()
     assert not extender.tick()
     extender.finish()
+
+
+# --- journald logging (agent/logs.py) ---------------------------------------------------------
 
 
 def test_under_journald_matches_journal_stream_against_the_stream(tmp_path):
