@@ -70,6 +70,14 @@ class Receiver(object):
         self.sock.close()
 
 
+def assert_pings(pinger, receiver, clock, times=1):
+    """`times` ticks, 10 s apart on the fake clock, each sending WATCHDOG=1."""
+    for _ in range(times):
+        clock.now += 10
+        assert pinger.tick() is True
+        assert receiver.recv() == "WATCHDOG=1"
+
+
 @contextlib.contextmanager
 def started(ticker):
     """The pinger's or extender's thread running for the body; stopped through its stop Event
@@ -248,16 +256,9 @@ def test_pinger_pings_while_counter_moves_and_stops_when_it_stalls(path_socket):
     # Moving counter: one ping per tick.
     for _ in range(3):
         frames[0] += 7
-        clock.now += 10
-        assert pinger.tick() is True
-        assert receiver.recv() == "WATCHDOG=1"
+        assert_pings(pinger, receiver, clock)
     # Counter stops. Within stall_after_s the pinger still pings.
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock, 2)
     # 30 s without progress > 25 s: one STATUS line, no ping.
     clock.now += 10
     assert pinger.tick() is False
@@ -288,17 +289,11 @@ def test_beats_keep_an_idle_loop_healthy(path_socket):
     )
     for _ in range(5):
         pinger.beat()
-        clock.now += 10
-        assert pinger.tick() is True
-        assert receiver.recv() == "WATCHDOG=1"
+        assert_pings(pinger, receiver, clock)
     pinger.alive()  # alias of beat()
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock)
     # The inference thread stops beating: stall after 15 s.
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock)
     clock.now += 10
     assert pinger.tick() is False
     assert "stalled" in receiver.fields()["STATUS"]
