@@ -11,9 +11,12 @@ import copy
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config_schema import PSEUDO_FS, SCHEMA, join as _join, leaves
+from .config_schema import SCHEMA, join as _join, leaves
 from .errors import ConfigError
 from .redact import redact_text
+
+# Kernel pseudo-filesystems: no place for models, engines and the spool.
+PSEUDO_FS = ("/proc", "/sys", "/dev")
 
 
 class Section(object):

@@ -12,7 +12,9 @@ from .errors import ConfigError
 
 
 class Field(object):
-    """One leaf key: its type, default and limits."""
+    """One leaf key: its type, default and limits, and its role: a secret (hidden in logs) or a
+    path (`path="dir"` or `"file"`: made absolute against the config file's directory at load;
+    a file that is set must exist and be readable)."""
 
     def __init__(self, kind: str, default: Any = None, nullable: bool = False,
                  choices: Optional[Sequence[Any]] = None, minimum: Optional[float] = None,
@@ -26,8 +28,8 @@ class Field(object):
         self.maximum = maximum
         self.item = item          # element kind for lists
         self.secret = secret      # True: shown as ***; "url": shown with credentials hidden
-        self.path = path          # "dir" or "file": made absolute against the config file's
-        self.doc = doc            # directory when loaded; a "file" must exist
+        self.path = path          # "dir" or "file"
+        self.doc = doc
 
     def check(self, path: str, value: Any) -> Any:
         if value is None:
@@ -186,10 +188,6 @@ SCHEMA = {
         "level": F("str", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     },
 }
-
-# Kernel pseudo-filesystems: no place for models, engines and the spool.
-PSEUDO_FS = ("/proc", "/sys", "/dev")
-
 
 def join(prefix: str, key: str) -> str:
     """`prefix.key`, or `key` at the top level."""
