@@ -101,7 +101,7 @@ def _load_config(args: argparse.Namespace):
 
 def _setup_logging(level: str) -> None:
     """Timestamped lines on a terminal; `<N>` priorities and no timestamps under journald."""
-    from .systemd import configure_logging
+    from .logs import configure_logging
     configure_logging(level)
 
 

@@ -796,7 +796,7 @@ class Agent(object):
     # ---------------------------------------------------------------- lifecycle
     def _start_link(self) -> None:
         from .mqtt import MqttLink
-        from .spool import FallbackSpool
+        from .spool_fallback import FallbackSpool
         # A spool that cannot be opened (disk full, spool.db unusable) is no reason to stop:
         # messages wait in memory meanwhile, the status says so, and _check_spool moves them
         # to the file when it opens again.

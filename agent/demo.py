@@ -58,7 +58,8 @@ def choose_view(requested: str) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .app import Agent
     from .config import load_config
-    from .systemd import Notifier, configure_logging
+    from .logs import configure_logging
+    from .systemd import Notifier
     overrides = list(args.overrides)
     if args.source:
         overrides.append("source.uri=" + json.dumps(args.source))  # JSON is YAML: kept as is

@@ -15,11 +15,19 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, NamedTuple, Optional, Set
 
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[..., None]  # (command, payload, topic[, retained=True])
+
+
+class SendState(NamedTuple):
+    """A snapshot of the link's sender (`MqttLink.sending()`)."""
+
+    sent_up_to: int  # the highest spool id handed to paho
+    in_flight: int   # messages handed to paho and not yet acknowledged
+    held_back: int   # times the sender, connected, waited: window full or re-sends unacknowledged
 
 
 def _rc_value(rc: Any) -> int:
@@ -94,6 +102,7 @@ class MqttLink(object):
         self._early_acks = set()  # type: Set[int]
         self._sent_up_to = 0  # highest spool id handed to paho
         self._resync = False
+        self._held_back = 0
         self._stop = threading.Event()
         self._sender = None  # type: Optional[threading.Thread]
         self._client = self._make_client()
@@ -201,6 +210,8 @@ class MqttLink(object):
         while not self._stop.is_set():
             with self._cond:
                 while not self._stop.is_set() and not self._can_send():
+                    if self.connected:
+                        self._held_back += 1
                     self._cond.wait(0.5)
                 if self._stop.is_set():
                     return
@@ -235,6 +246,12 @@ class MqttLink(object):
                         self._ack(msg.id)
                     else:
                         self._inflight[info.mid] = msg.id
+
+    def sending(self) -> SendState:
+        """Where the sender stands: what it handed to paho, what awaits a PUBACK, how often it
+        held back while connected."""
+        with self._cond:
+            return SendState(self._sent_up_to, len(self._inflight), self._held_back)
 
     def _can_send(self) -> bool:
         if not self.connected or len(self._inflight) >= self.INFLIGHT_WINDOW:

@@ -4,11 +4,14 @@ they reach a log, an error message or an MQTT message.
 One rule for every URL the agent shows (camera sources, model downloads): what sits between
 `scheme://` and the `@` of the authority is a credential: `user:password@` becomes
 `user:***@` (`***@` for download URLs, which show no user either), a lone `name@` (often a
-token) becomes `***@`. The rule is applied to the text
-itself, not to what `urllib` makes of it, so a URL that urllib cannot parse (an unescaped `[`
-or `/` in the password, a bad port) is hidden just the same: when in doubt, more is hidden,
-never less. Query values whose names say secret (`password=`, `token=`, `sig=`, ...) and
-GStreamer properties such as rtspsrc's `user-pw=` are replaced by `***` too.
+token) becomes `***@`. The rule is applied to the text itself, not to what `urllib` makes of
+it, so a URL that urllib cannot parse (an unescaped `[` or `/` in the password, a bad port) is
+hidden just the same: when in doubt, more is hidden, never less. Query values whose names say
+secret (`password=`, `token=`, `sig=`, ...) and GStreamer properties such as rtspsrc's
+`user-pw=` are replaced by `***` too.
+
+Use `redact_text` for a camera URI (it may be a whole GStreamer pipeline) and any other text,
+`redact_url` for a download URL.
 """
 
 import re
@@ -38,8 +41,8 @@ def redact_url(url: str, strict: bool = True) -> str:
     Credentials before the authority's `@` are hidden (see the module doc). `strict` (model
     downloads, whose signed URLs carry tokens in the query) hides the user name too and shows
     the query and fragment as `?<hidden>`; otherwise (camera URIs, whose options live in the
-    query) the user name stays and only the values of secret-looking parameters are hidden. Text that is not a URL is passed through
-    `redact_text`.
+    query) the user name stays and only the values of secret-looking parameters are hidden.
+    Text that is not a URL is passed through `redact_text`.
     """
     match = re.match(r"(" + _SCHEME + r")(.*)\Z", url, re.S)
     if match is None:

@@ -44,13 +44,7 @@ database, or one written with an unknown schema version, is renamed to
 file never stops the agent.
 I/O errors during operation (disk full, read-only filesystem) are raised as `sqlite3.Error`
 for the caller to handle.
-
-A spool that cannot be opened at all (disk full, a read-only or missing state_dir, spool.db
-made a directory) must not stop the agent: `FallbackSpool` then keeps the same bounded,
-ordered outbox in memory (an SQLite `:memory:` database, so the bound policy is the very
-same code), says why in `fault`, and `recover()` moves every pending message to the file, ids
-unchanged, once it opens again. Messages held in memory are lost only if the process ends
-before that.
+A spool that cannot be opened at all is agent/spool_fallback.py's business.
 """
 
 import logging
@@ -108,6 +102,58 @@ class CorruptSpool(Exception):
     """The spool file cannot be used as it is; it will be moved aside."""
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    """Connect to `path`, check the file and create or verify the schema; CorruptSpool if
+    unusable."""
+    # isolation_level=None: no implicit transactions; put() uses explicit BEGIN/COMMIT.
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and path != MEMORY:
+            log.warning("spool: %s: filesystem does not support WAL (journal_mode=%s); "
+                        "the spool still works, with slower writes", path, mode)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=%d" % WAL_AUTOCHECKPOINT_PAGES)
+        conn.execute("PRAGMA journal_size_limit=%d" % WAL_SIZE_LIMIT_BYTES)
+        check = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        if check != ["ok"]:
+            # One row can hold many lines of detail; the first few say enough.
+            detail = " ".join(" ".join(check).split("\n")[:3])
+            raise CorruptSpool("integrity check failed: %s" % detail)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise CorruptSpool("schema version %d, this agent knows %d"
+                               % (version, SCHEMA_VERSION))
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT OR IGNORE INTO dropped (kind, n) VALUES (?, 0)",
+                         [(kind,) for kind in KINDS])
+        conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+        return conn
+    except sqlite3.OperationalError:
+        # Locked, unreadable, disk full: not corruption; moving the file would lose data.
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise CorruptSpool(str(exc))
+    except CorruptSpool:
+        conn.close()
+        raise
+
+
+def _move_aside(path: str) -> str:
+    """Rename the database and its WAL/SHM files; a stale WAL must not meet a new file."""
+    aside = "%s.corrupt-%s" % (path, time.strftime("%Y%m%d-%H%M%S"))
+    n = 1
+    while os.path.exists(aside):
+        n += 1
+        aside = "%s.corrupt-%s-%d" % (path, time.strftime("%Y%m%d-%H%M%S"), n)
+    for suffix in ("-wal", "-shm", "-journal", ""):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    return aside
+
+
 class Spool(object):
     """Bounded, crash-safe FIFO of outgoing MQTT messages in one SQLite file."""
 
@@ -122,66 +168,14 @@ class Spool(object):
         if self.path != MEMORY:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         try:
-            self._conn = self._open()  # type: Optional[sqlite3.Connection]
+            self._conn = _connect(self.path)  # type: Optional[sqlite3.Connection]
         except CorruptSpool as exc:
-            aside = self._move_aside()
+            aside = _move_aside(self.path)
             log.error("spool: %s is unusable (%s); moved it to %s and started an empty spool. "
                       "Its messages will not be sent; the file is kept for inspection.",
                       self.path, exc, aside)
-            self._conn = self._open()
+            self._conn = _connect(self.path)
         self._counts = self._load_counts()
-
-    # -- opening ---------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        """Connect, check the file and create or verify the schema; CorruptSpool if unusable."""
-        # isolation_level=None: no implicit transactions; put() uses explicit BEGIN/COMMIT.
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal" and self.path != MEMORY:
-                log.warning("spool: %s: filesystem does not support WAL (journal_mode=%s); "
-                            "the spool still works, with slower writes", self.path, mode)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint=%d" % WAL_AUTOCHECKPOINT_PAGES)
-            conn.execute("PRAGMA journal_size_limit=%d" % WAL_SIZE_LIMIT_BYTES)
-            check = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
-            if check != ["ok"]:
-                # One row can hold many lines of detail; the first few say enough.
-                detail = " ".join(" ".join(check).split("\n")[:3])
-                raise CorruptSpool("integrity check failed: %s" % detail)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise CorruptSpool("schema version %d, this agent knows %d"
-                                   % (version, SCHEMA_VERSION))
-            conn.executescript(_SCHEMA)
-            conn.executemany("INSERT OR IGNORE INTO dropped (kind, n) VALUES (?, 0)",
-                             [(kind,) for kind in KINDS])
-            conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
-            return conn
-        except sqlite3.OperationalError:
-            # Locked, unreadable, disk full: not corruption; moving the file would lose data.
-            conn.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise CorruptSpool(str(exc))
-        except CorruptSpool:
-            conn.close()
-            raise
-
-    def _move_aside(self) -> str:
-        """Rename the database and its WAL/SHM files; a stale WAL must not meet a new file."""
-        aside = "%s.corrupt-%s" % (self.path, time.strftime("%Y%m%d-%H%M%S"))
-        n = 1
-        while os.path.exists(aside):
-            n += 1
-            aside = "%s.corrupt-%s-%d" % (self.path, time.strftime("%Y%m%d-%H%M%S"), n)
-        for suffix in ("-wal", "-shm", "-journal", ""):
-            if os.path.exists(self.path + suffix):
-                os.replace(self.path + suffix, aside + suffix)
-        return aside
 
     def _load_counts(self) -> Dict[str, int]:
         conn = self._connection()
@@ -371,86 +365,3 @@ class Spool(object):
             log.warning("spool: %s holds %d messages, over its bound of %d, because events "
                         "(%d) and status (%d) are never dropped", self.path, total,
                         self.max_messages, counts.get("event", 0), counts.get("status", 0))
-
-
-class FallbackSpool(object):
-    """The on-disk Spool at `path`, or, while that cannot be opened, one in memory with the
-    same bound; the Spool API either way. `fault` says why it is in memory (None on disk);
-    `recover()` tries the file again and moves the pending messages there."""
-
-    def __init__(self, path: str, max_messages: int = 10000) -> None:
-        self.path = str(path)
-        self.max_messages = int(max_messages)
-        self.fault = None  # type: Optional[str]
-        self._lock = threading.RLock()
-        try:
-            self._spool = Spool(self.path, self.max_messages)
-        except (sqlite3.Error, OSError) as exc:
-            self.fault = self._reason(exc)
-            log.error("spool: %s; keeping outgoing messages in memory until it works "
-                      "(they are lost if the agent stops before that)", self.fault)
-            self._spool = Spool(MEMORY, self.max_messages)
-
-    def _reason(self, exc: BaseException) -> str:
-        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        if os.path.isdir(self.path):
-            detail += " (it is a directory)"
-        return "{} cannot be opened: {}".format(self.path, detail)
-
-    def recover(self) -> bool:
-        """True when the spool is on disk (again); on the way, the messages held in memory
-        move to the file with their ids."""
-        with self._lock:
-            if self.fault is None:
-                return True
-            try:
-                disk = Spool(self.path, self.max_messages)
-            except (sqlite3.Error, OSError) as exc:
-                self.fault = self._reason(exc)
-                return False
-            try:
-                moved = disk.adopt(self._spool)
-            except (sqlite3.Error, OSError) as exc:
-                disk.close()
-                self.fault = self._reason(exc)
-                return False
-            self._spool.close()
-            self._spool = disk
-            self.fault = None
-        log.info("spool: %s works again; moved %d pending messages to it from memory",
-                 self.path, moved)
-        return True
-
-    def put(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str) -> int:
-        with self._lock:
-            return self._spool.put(topic, payload, qos, retain, kind)
-
-    def pending(self, limit: int, after_id: int = 0) -> List[SpooledMessage]:
-        with self._lock:
-            return self._spool.pending(limit, after_id)
-
-    def ack(self, msg_id: int) -> bool:
-        with self._lock:
-            return self._spool.ack(msg_id)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._spool)
-
-    def counts(self) -> Dict[str, int]:
-        with self._lock:
-            return self._spool.counts()
-
-    def dropped(self) -> Dict[str, int]:
-        with self._lock:
-            return self._spool.dropped()
-
-    def close(self) -> None:
-        with self._lock:
-            self._spool.close()
-
-    def __enter__(self) -> "FallbackSpool":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

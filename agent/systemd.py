@@ -1,4 +1,7 @@
-"""Talking to systemd: sd_notify readiness/status/watchdog, and journald-friendly logging.
+"""Talking to systemd over sd_notify: readiness, status, the watchdog and start-up extensions.
+
+Logging for the journal is agent/logs.py. (Over 400 lines: about half is docstrings recording
+systemd's rules on watchdog arming and start timeouts, which the code depends on.)
 
 Pure stdlib so it imports everywhere. Outside systemd (no ``NOTIFY_SOCKET``) every call is a
 cheap no-op that returns False, so the app calls it unconditionally. A failed send is logged at
@@ -13,12 +16,9 @@ messages must come from the main process (threads of it are fine).
 import logging
 import os
 import socket
-import sys
 import threading
 import time
-from typing import Callable, Mapping, Optional, Tuple, Union
-
-from .errors import ConfigError
+from typing import Callable, Mapping, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,14 @@ class Notifier(object):
 
     def notify(self, **fields):
         # type: (**object) -> bool
-        """Send ``KEY=VALUE`` fields, in the order given, as one datagram."""
-        if not fields:
-            return False
-        return self.send("\n".join("%s=%s" % (k, _one_line(v)) for k, v in fields.items()))
+        """Send ``KEY=VALUE`` fields, in the order given, as one datagram; None values are left
+        out."""
+        lines = ["%s=%s" % (k, _one_line(v)) for k, v in fields.items() if v is not None]
+        return self.send("\n".join(lines)) if lines else False
 
     def ready(self, status=None):
         # type: (Optional[str]) -> bool
         """Start-up finished (also after a reload): ``READY=1`` with an optional status line."""
-        if status is None:
-            return self.notify(READY=1)
         return self.notify(READY=1, STATUS=status)
 
     def status(self, text):
@@ -141,8 +139,6 @@ class Notifier(object):
     def stopping(self, status=None):
         # type: (Optional[str]) -> bool
         """Shutdown has begun (``STOPPING=1``); systemd then applies ``TimeoutStopSec=``."""
-        if status is None:
-            return self.notify(STOPPING=1)
         return self.notify(STOPPING=1, STATUS=status)
 
     def reloading(self):
@@ -182,7 +178,52 @@ class Notifier(object):
         self.close()
 
 
-class WatchdogPinger(object):
+class _Ticker(object):
+    """A daemon thread that calls the subclass's ``tick()`` now and then every ``interval``
+    seconds until ``_until`` or the shared stop Event is set."""
+
+    THREAD_NAME = "sd-ticker"
+
+    def __init__(self, notifier, stop, interval, clock):
+        # type: (Notifier, Optional[threading.Event], Optional[float], Callable[[], float]) -> None
+        self._notifier = notifier
+        self.stop = stop if stop is not None else threading.Event()
+        self.interval = interval
+        self._clock = clock
+        self._until = self.stop
+        self._thread = None  # type: Optional[threading.Thread]
+
+    def run(self):
+        # type: () -> None
+        """Thread body: tick now, then every ``interval`` until ``_until`` or stop is set."""
+        if self.interval is None:
+            return
+        while not self._until.is_set() and not self.stop.is_set():
+            self.tick()
+            if self._until.wait(self.interval):
+                break
+
+    def _start_thread(self):
+        # type: () -> bool
+        if self._thread is not None:
+            return False
+        self._thread = threading.Thread(target=self.run, name=self.THREAD_NAME, daemon=True)
+        self._thread.start()
+        return True
+
+    @property
+    def running(self):
+        # type: () -> bool
+        """True while the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout=None):
+        # type: (Optional[float]) -> None
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+class WatchdogPinger(_Ticker):
     """Feeds the systemd watchdog only while the inference loop shows progress.
 
     Every ``interval`` seconds (default: half of ``WatchdogSec=``) the pinger reads a progress
@@ -203,6 +244,7 @@ class WatchdogPinger(object):
     ``tick()`` does one step and is what tests drive with a fake ``clock``.
     """
 
+    THREAD_NAME = "sd-watchdog"
     # Default stall limit in ping intervals: 3 x (WatchdogSec / 2) = 1.5 x WatchdogSec.
     STALL_INTERVALS = 3
 
@@ -216,17 +258,15 @@ class WatchdogPinger(object):
         clock=time.monotonic,  # type: Callable[[], float]
     ):
         # type: (...) -> None
-        self._notifier = notifier
+        if interval is None:
+            interval = notifier.watchdog_interval()
+        _Ticker.__init__(self, notifier, stop, interval, clock)
         self._progress = progress
-        self.stop = stop if stop is not None else threading.Event()
-        self.interval = interval if interval is not None else notifier.watchdog_interval()
         if stall_after_s is None and self.interval is not None:
             stall_after_s = self.STALL_INTERVALS * self.interval
         self.stall_after_s = stall_after_s
-        self._clock = clock
         self._beats = 0
         self._beat_lock = threading.Lock()
-        self._thread = None  # type: Optional[threading.Thread]
         self._stalled = False
         self._progress_failed = False
         self._last_mark = self._mark()
@@ -295,16 +335,6 @@ class WatchdogPinger(object):
             return False
         return self._notifier.watchdog()
 
-    def run(self):
-        # type: () -> None
-        """Thread body: tick now, then every ``interval`` until the stop Event is set."""
-        if self.interval is None:
-            return
-        while not self.stop.is_set():
-            self.tick()
-            if self.stop.wait(self.interval):
-                break
-
     def start(self):
         # type: () -> bool
         """Start the thread if there is a watchdog to feed. Returns whether it started.
@@ -315,19 +345,10 @@ class WatchdogPinger(object):
         nothing beats, runs for minutes: the pings would stop and systemd kill the build.
         StartTimeoutExtender guards the start-up instead.
         """
-        if not self.enabled or self._thread is not None:
-            return False
-        self._thread = threading.Thread(target=self.run, name="sd-watchdog", daemon=True)
-        self._thread.start()
-        return True
-
-    def join(self, timeout=None):
-        # type: (Optional[float]) -> None
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return self.enabled and self._start_thread()
 
 
-class StartTimeoutExtender(object):
+class StartTimeoutExtender(_Ticker):
     """Keeps systemd's start timeout ahead of a long start-up, such as a first TensorRT build.
 
     Until ``READY=1``, ``TimeoutStartSec=`` applies (300 s in our unit) and a Nano takes minutes
@@ -353,6 +374,7 @@ class StartTimeoutExtender(object):
     sending during a build.
     """
 
+    THREAD_NAME = "sd-start-extender"
     INTERVAL_S = 10.0
     EXTEND_FACTOR = 3
     # Tens of minutes for a YOLOv4-class engine on a Nano; longer than this is a hang.
@@ -367,15 +389,12 @@ class StartTimeoutExtender(object):
         clock=time.monotonic,  # type: Callable[[], float]
     ):
         # type: (...) -> None
-        self._notifier = notifier
-        self.stop = stop if stop is not None else threading.Event()
-        self.interval = float(interval if interval is not None else self.INTERVAL_S)
+        _Ticker.__init__(self, notifier, stop,
+                         float(interval if interval is not None else self.INTERVAL_S), clock)
         self.max_s = float(max_s if max_s is not None else self.MAX_S)
-        self._clock = clock
         self._started_at = clock()
-        self._done = threading.Event()
+        self._done = self._until = threading.Event()
         self._gave_up = False
-        self._thread = None  # type: Optional[threading.Thread]
 
     @property
     def extend_s(self):
@@ -400,121 +419,16 @@ class StartTimeoutExtender(object):
             return False
         return self._notifier.extend_timeout(self.extend_s)
 
-    def run(self):
-        # type: () -> None
-        """Thread body: extend now, then every ``interval`` until finished or stopped."""
-        while not self._done.is_set() and not self.stop.is_set():
-            self.tick()
-            if self._done.wait(self.interval):
-                break
-
     def start(self):
         # type: () -> bool
         """Start extending (a no-op outside systemd). Returns whether the thread started."""
         if not self._notifier.enabled or self._thread is not None:
             return False
         self._started_at = self._clock()
-        self._thread = threading.Thread(target=self.run, name="sd-start-extender", daemon=True)
-        self._thread.start()
-        return True
+        return self._start_thread()
 
     def finish(self, timeout=5.0):
         # type: (Optional[float]) -> None
         """Start-up is over (call it before ``READY=1``): no more extensions after this returns."""
         self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-
-# --- journald logging -------------------------------------------------------------------------
-
-# sd-daemon(3) priority prefixes, understood by journald on a service's stdout/stderr.
-_SYSLOG_PRIORITY = (
-    (logging.CRITICAL, 2),
-    (logging.ERROR, 3),
-    (logging.WARNING, 4),
-    (logging.INFO, 6),
-)
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _priority(levelno):
-    # type: (int) -> int
-    for threshold, priority in _SYSLOG_PRIORITY:
-        if levelno >= threshold:
-            return priority
-    return 7
-
-
-def under_journald(environ=None, stream=None):
-    # type: (Optional[Mapping[str, str]], Optional[object]) -> bool
-    """True when ``stream`` (default stderr) goes to the journal.
-
-    ``$JOURNAL_STREAM`` ("DEV:INODE", systemd >= 231) decides when present: it must match the
-    stream's fstat, otherwise stderr was redirected elsewhere. Without it, ``$INVOCATION_ID``
-    (set for every unit, systemd >= 232) is taken as "started by systemd".
-    """
-    env = os.environ if environ is None else environ
-    stream = sys.stderr if stream is None else stream
-    journal = env.get("JOURNAL_STREAM")
-    if journal:
-        try:
-            dev, ino = (int(part) for part in journal.split(":", 1))
-            st = os.fstat(stream.fileno())  # type: ignore
-        except (ValueError, OSError, AttributeError):
-            return False
-        return (st.st_dev, st.st_ino) == (dev, ino)
-    return bool(env.get("INVOCATION_ID"))
-
-
-class JournalFormatter(logging.Formatter):
-    """``<N>logger: message`` lines; journald adds the time, the unit and the PID itself.
-
-    Every line of a multi-line record (tracebacks) carries the prefix, so the whole traceback is
-    filed at the record's priority instead of its continuation lines at the default (info).
-    """
-
-    def __init__(self, fmt="%(name)s: %(message)s"):
-        # type: (str) -> None
-        super(JournalFormatter, self).__init__(fmt)
-
-    def format(self, record):
-        # type: (logging.LogRecord) -> str
-        prefix = "<%d>" % _priority(record.levelno)
-        text = super(JournalFormatter, self).format(record)
-        return "\n".join(prefix + line for line in text.split("\n"))
-
-
-PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(level, environ=None, stream=None):
-    # type: (Union[str, int], Optional[Mapping[str, str]], Optional[object]) -> logging.Handler
-    """Point the root logger at stderr, journald style under systemd, timestamped otherwise.
-
-    Calling it again replaces the handler it installed before. ``level`` is a name such as
-    "INFO" (the ``logging.level`` config key); a bad name is a ConfigError naming the key.
-    """
-    if isinstance(level, int):
-        levelno = level
-    else:
-        name = str(level).upper()
-        if name not in _LEVELS:
-            raise ConfigError(
-                "logging.level: %r is not one of %s" % (level, ", ".join(_LEVELS))
-            )
-        levelno = getattr(logging, name)
-    stream = sys.stderr if stream is None else stream
-    handler = logging.StreamHandler(stream)  # type: ignore
-    if under_journald(environ, stream):
-        handler.setFormatter(JournalFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
-    handler._edge_agent = True  # type: ignore  # marks the handler we replace on the next call
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_edge_agent", False):
-            root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(levelno)
-    return handler
+        self.join(timeout)

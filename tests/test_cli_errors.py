@@ -112,6 +112,12 @@ def test_missing_config_file():
     assert "config file /nonexistent/config.yaml does not exist" in err
 
 
+def wait_degraded(recorder, device):
+    """The device's retained status once it says degraded."""
+    return recorder.wait_topic(device + "/status", lambda p: p.get("state") == "degraded", 10,
+                               "degraded status")
+
+
 def test_missing_model_is_reported_and_status_is_degraded(broker, recorder, tmp_path):
     args = agent_args(broker.port, "nomodel", str(tmp_path / "s"), "--set",
                       "model.name=no_such_model", "--duration", "3")
@@ -119,8 +125,7 @@ def test_missing_model_is_reported_and_status_is_degraded(broker, recorder, tmp_
     assert code == 1
     assert "model 'no_such_model': no package found" in err
     assert "Traceback" not in err
-    degraded = recorder.wait_topic("nomodel/status", lambda p: p.get("state") == "degraded",
-                                   10, "degraded status")
+    degraded = wait_degraded(recorder, "nomodel")
     assert "no_such_model" in degraded["detail"]
 
 
@@ -148,8 +153,7 @@ def test_unreadable_source_is_reported_and_agent_keeps_running(broker, recorder,
     assert code == 0
     assert "source file:///nonexistent/dir: /nonexistent/dir does not exist" in err
     assert "Traceback" not in err
-    degraded = recorder.wait_topic("nosource/status", lambda p: p.get("state") == "degraded",
-                                   10, "degraded status")
+    degraded = wait_degraded(recorder, "nosource")
     assert "/nonexistent/dir" in degraded["detail"]
 
 

@@ -122,7 +122,7 @@ def test_the_service_logs_utf8_under_the_c_locale(tmp_path, with_unit_env):
     case without it shows what it prevents (\\xNN escapes in the journal)."""
     script = textwrap.dedent("""
         import logging
-        from agent.systemd import configure_logging
+        from agent.logs import configure_logging
         configure_logging("INFO", environ={"INVOCATION_ID": "x"})
         logging.getLogger("agent.test").warning("label: cr\\u00e8me-br\\u00fbl\\u00e9e")
         """)

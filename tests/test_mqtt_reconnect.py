@@ -65,34 +65,28 @@ def _check(numbers, produced):
 
 
 class HoldAtConnect(logging.Handler):
-    """Holds paho's network thread at "MQTT connected" until the sender thread decides."""
+    """Holds paho's network thread at "MQTT connected" until the sender thread decides: it
+    held back (its `held_back` count moved) or it handed a new message to paho (`sent_up_to`
+    moved), as `MqttLink.sending()` shows."""
 
     def __init__(self, link):
         super(HoldAtConnect, self).__init__(logging.INFO)
         self.link = link
         self.armed = False
-        self.decisions = []  # (connected, may send) per check of the sender thread
         self.held = 0
-        real = link._can_send
-
-        def can_send():
-            result = real()
-            self.decisions.append((link.connected, result))
-            return result
-        link._can_send = can_send
 
     def emit(self, record):
         if not self.armed or not record.getMessage().startswith("MQTT connected"):
             return
         self.armed = False
         self.held += 1
-        start = len(self.decisions)
-        sent = self.link._sent_up_to
+        before = self.link.sending()
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            if any(c and not ok for c, ok in self.decisions[start:]):
+            now = self.link.sending()
+            if now.held_back != before.held_back:
                 return  # the sender declined: paho may re-send now
-            if self.link._sent_up_to != sent:
+            if now.sent_up_to != before.sent_up_to:
                 return  # the sender handed a new message to paho first
             time.sleep(0.001)
 
@@ -140,7 +134,7 @@ def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_
         # new messages after the reconnect.
         in_flight = link.INFLIGHT_WINDOW // 3
         producer.send(in_flight)
-        wait_until(lambda: len(link._inflight) >= in_flight or len(spool) == 0, 30,
+        wait_until(lambda: link.sending().in_flight >= in_flight or len(spool) == 0, 30,
                    "messages in flight to the frozen broker")
         broker.proc.kill()
         broker.proc.wait(10)

@@ -371,7 +371,7 @@ def test_unopenable_spool_keeps_messages_in_memory_and_moves_them_to_the_file(tm
     """spool.db is a directory (or the disk is full): the fallback spool still queues in order
     with the same bound; when the file can be opened again every pending message moves to it
     with its id, so a sender that handed some to the broker still acks them."""
-    from agent.spool import FallbackSpool
+    from agent.spool_fallback import FallbackSpool
     path = tmp_path / "spool.db"
     path.mkdir()
     spool = FallbackSpool(str(path), max_messages=100)
@@ -398,7 +398,7 @@ def test_unopenable_spool_keeps_messages_in_memory_and_moves_them_to_the_file(tm
 def test_ids_go_on_rising_after_recovery_when_everything_was_acked(tmp_path):
     """The sender pages with `pending(after_id=last it sent)`: after the move to a fresh file,
     new ids must still be above every id the memory spool gave out."""
-    from agent.spool import FallbackSpool
+    from agent.spool_fallback import FallbackSpool
     path = tmp_path / "spool.db"
     path.mkdir()
     spool = FallbackSpool(str(path))

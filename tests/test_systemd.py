@@ -5,6 +5,7 @@ No sleeps for synchronisation: tests block on the receiving socket with a timeou
 pinger's tick() with a fake clock.
 """
 
+import contextlib
 import io
 import itertools
 import logging
@@ -22,14 +23,8 @@ import uuid
 import pytest
 
 from agent.errors import ConfigError
-from agent.systemd import (
-    JournalFormatter,
-    Notifier,
-    StartTimeoutExtender,
-    WatchdogPinger,
-    configure_logging,
-    under_journald,
-)
+from agent.logs import JournalFormatter, configure_logging, under_journald
+from agent.systemd import Notifier, StartTimeoutExtender, WatchdogPinger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(REPO, "systemd", "edge-agent.service")
@@ -57,6 +52,14 @@ class Receiver(object):
     def fields(self, timeout=ARRIVE_S):
         return dict(line.split("=", 1) for line in self.recv(timeout).split("\n"))
 
+    def drain(self):
+        """Read what is still arriving until nothing comes for NO_MORE_S."""
+        while True:
+            try:
+                self.recv(NO_MORE_S)
+            except socket.timeout:
+                return
+
     def assert_silent(self, timeout=NO_MORE_S):
         self.sock.settimeout(timeout)
         with pytest.raises(socket.timeout):
@@ -65,6 +68,27 @@ class Receiver(object):
 
     def close(self):
         self.sock.close()
+
+
+def assert_pings(pinger, receiver, clock, times=1):
+    """`times` ticks, 10 s apart on the fake clock, each sending WATCHDOG=1."""
+    for _ in range(times):
+        clock.now += 10
+        assert pinger.tick() is True
+        assert receiver.recv() == "WATCHDOG=1"
+
+
+@contextlib.contextmanager
+def started(ticker):
+    """The pinger's or extender's thread running for the body; stopped through its stop Event
+    and joined after."""
+    assert ticker.start() is True
+    try:
+        yield
+    finally:
+        ticker.stop.set()
+        ticker.join(ARRIVE_S)
+    assert not ticker.running
 
 
 @pytest.fixture
@@ -232,16 +256,9 @@ def test_pinger_pings_while_counter_moves_and_stops_when_it_stalls(path_socket):
     # Moving counter: one ping per tick.
     for _ in range(3):
         frames[0] += 7
-        clock.now += 10
-        assert pinger.tick() is True
-        assert receiver.recv() == "WATCHDOG=1"
+        assert_pings(pinger, receiver, clock)
     # Counter stops. Within stall_after_s the pinger still pings.
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock, 2)
     # 30 s without progress > 25 s: one STATUS line, no ping.
     clock.now += 10
     assert pinger.tick() is False
@@ -272,17 +289,11 @@ def test_beats_keep_an_idle_loop_healthy(path_socket):
     )
     for _ in range(5):
         pinger.beat()
-        clock.now += 10
-        assert pinger.tick() is True
-        assert receiver.recv() == "WATCHDOG=1"
+        assert_pings(pinger, receiver, clock)
     pinger.alive()  # alias of beat()
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock)
     # The inference thread stops beating: stall after 15 s.
-    clock.now += 10
-    assert pinger.tick() is True
-    assert receiver.recv() == "WATCHDOG=1"
+    assert_pings(pinger, receiver, clock)
     clock.now += 10
     assert pinger.tick() is False
     assert "stalled" in receiver.fields()["STATUS"]
@@ -318,32 +329,19 @@ def test_default_interval_and_stall_limit_come_from_watchdog_usec(path_socket):
 def test_pinger_thread_keeps_pinging_a_moving_counter(path_socket):
     receiver, env = path_socket
     counter = itertools.count()
-    stop = threading.Event()
     pinger = WatchdogPinger(
-        Notifier(environ=env),
-        progress=lambda: next(counter),
-        stop=stop,
-        interval=0.01,
-        stall_after_s=0.05,
+        Notifier(environ=env), progress=lambda: next(counter), interval=0.01, stall_after_s=0.05
     )
-    assert pinger.start() is True
-    try:
+    with started(pinger):
         for _ in range(20):
             assert receiver.recv() == "WATCHDOG=1"
-    finally:
-        stop.set()
-        pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
 
 
 def test_pinger_thread_goes_silent_when_the_counter_stalls(path_socket):
     receiver, env = path_socket
-    stop = threading.Event()
-    pinger = WatchdogPinger(
-        Notifier(environ=env), progress=lambda: 7, stop=stop, interval=0.01, stall_after_s=0.1
-    )
-    assert pinger.start() is True
-    try:
+    pinger = WatchdogPinger(Notifier(environ=env), progress=lambda: 7, interval=0.01,
+                            stall_after_s=0.1)
+    with started(pinger):
         pings = 0
         while True:
             message = receiver.recv()
@@ -356,10 +354,6 @@ def test_pinger_thread_goes_silent_when_the_counter_stalls(path_socket):
         # 30 intervals with no WATCHDOG=1: systemd would now kill the agent.
         receiver.assert_silent(0.3)
         assert pinger.stalled
-    finally:
-        stop.set()
-        pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
 
 
 def test_setting_the_stop_event_ends_the_thread_promptly(path_socket):
@@ -372,10 +366,7 @@ def test_setting_the_stop_event_ends_the_thread_promptly(path_socket):
     assert receiver.recv() == "WATCHDOG=1"  # first ping at start, then it waits an hour
     stop.set()
     pinger.join(ARRIVE_S)
-    assert not pinger._thread.is_alive()
-
-
-# --- journald logging -------------------------------------------------------------------------
+    assert not pinger.running
 
 
 # --- StartTimeoutExtender ---------------------------------------------------------------------
@@ -417,13 +408,9 @@ def test_extender_stops_with_the_stop_event_so_a_stop_timeout_is_never_extended(
     assert extender.start()
     assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "150000"}
     stop.set()
-    extender._thread.join(ARRIVE_S)
-    assert not extender._thread.is_alive()
-    while True:  # what was sent before the thread saw the Event
-        try:
-            receiver.recv(NO_MORE_S)
-        except socket.timeout:
-            break
+    extender.join(ARRIVE_S)
+    assert not extender.running
+    receiver.drain()  # what was sent before the thread saw the Event
     assert not extender.tick()
     receiver.assert_silent()
 
@@ -435,12 +422,8 @@ def test_extender_thread_sends_until_finish_returns(path_socket):
     for _ in range(3):
         assert receiver.fields() == {"EXTEND_TIMEOUT_USEC": "60000"}
     extender.finish()
-    assert not extender._thread.is_alive()
-    while True:
-        try:
-            receiver.recv(NO_MORE_S)
-        except socket.timeout:
-            break
+    assert not extender.running
+    receiver.drain()
     receiver.assert_silent()
 
 
@@ -449,6 +432,9 @@ def test_extender_is_a_noop_outside_systemd():
     assert not extender.start()
     assert not extender.tick()
     extender.finish()
+
+
+# --- journald logging (agent/logs.py) ---------------------------------------------------------
 
 
 def test_under_journald_matches_journal_stream_against_the_stream(tmp_path):

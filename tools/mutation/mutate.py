@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TARGETS = {
     "spool": {
         "module": "agent/spool.py",
-        "only": ["Spool"],
+        "only": ["_connect", "_move_aside", "Spool"],
         "tests": ["tests/test_spool.py", "tests/test_spool_edges.py"],
     },
     "atomicfile": {
