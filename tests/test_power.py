@@ -1,4 +1,4 @@
-"""Power, thermal and GPU-load readers and the energy sampler (agent/power.py).
+"""Power, thermal and GPU-load readers and the energy sampler (agent/power/).
 
 Jetson sysfs trees are built in tmp_path as docs/PLATFORM.md section 4 lays them out; jtop and
 NVML go through the doubles in tests/doubles. The sampler is driven by scripted readers whose
@@ -13,12 +13,12 @@ import threading
 
 import pytest
 
-from agent import power
 from agent.errors import AgentError, ConfigError
 from agent.power import (EnergyTotals, GpuLoadReader, Ina3221HwmonReader, Ina3221IioReader,
                          JtopPowerReader, NonePowerReader, NvmlPowerReader, PowerReader,
                          PowerReading, PowerSampler, PowerSourceUnavailable, RaplReader,
                          ThermalReader, discover_power, integrate_trapezoid, parse_jtop_power)
+from agent.power import sysfs
 
 sys.path.insert(0, os.path.dirname(__file__))
 from doubles import jtop_double, nvml_double  # noqa: E402
@@ -401,14 +401,14 @@ def test_rapl_psys_is_the_total_when_present(tmp_path):
 
 def test_rapl_unreadable_counters_are_not_available(tmp_path, monkeypatch):
     rapl_tree(tmp_path)
-    real = power._read_text
+    real = sysfs.read_text
 
     def deny_energy(path):
         if path.endswith("energy_uj"):
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
-    monkeypatch.setattr(power, "_read_text", deny_energy)
+    monkeypatch.setattr(sysfs, "read_text", deny_energy)
     with pytest.raises(PowerSourceUnavailable) as info:
         RaplReader(str(tmp_path))
     assert "root" in str(info.value) and "energy_uj" in str(info.value)
@@ -726,10 +726,10 @@ def test_sampler_rejects_bad_rate_and_double_start():
 # Python 3.6 (JetPack 4.6) compatibility
 
 
-def test_power_module_is_python36_compatible():
+def test_power_package_is_python36_compatible():
     pytest.importorskip("vermin")
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "agent", "power.py")
+                        "agent", "power")
     result = subprocess.run([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())",
                              "-q", "--no-tips", "--violations", "-t=3.6-", path],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
