@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
@@ -17,7 +18,8 @@ from agent.errors import AgentError, ConfigError
 from agent.power import (EnergyTotals, GpuLoadReader, Ina3221HwmonReader, Ina3221IioReader,
                          JtopPowerReader, NonePowerReader, NvmlPowerReader, PowerReader,
                          PowerReading, PowerSampler, PowerSourceUnavailable, RaplReader,
-                         ThermalReader, discover_power, integrate_trapezoid, parse_jtop_power)
+                         ThermalReader, discover_power, integrate_trapezoid, open_power,
+                         parse_jtop_power)
 from agent.power import sysfs
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -450,6 +452,40 @@ def test_unknown_kind_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         discover_power("tegrastats")
     assert "telemetry.power" in str(info.value) and "hwmon" in str(info.value)
+
+
+def telemetry_section(power, sample_hz=50.0):
+    return types.SimpleNamespace(power=power, sample_hz=sample_hz)
+
+
+def test_open_power_starts_the_sampler_and_measures_the_idle_baseline(tmp_path):
+    nano_tree(tmp_path)
+    stop = threading.Event()
+    monitor = open_power(telemetry_section("iio"), stop, root=str(tmp_path))
+    try:
+        assert monitor.problem is None and monitor.source == "ina3221-iio"
+        assert monitor.sampler is not None and monitor.sampler.running
+        assert monitor.idle_w == pytest.approx(2.545)
+        assert monitor.thermal.zones == [] and monitor.gpu_load.source == "none"
+    finally:
+        stop.set()
+        monitor.close()
+    assert not monitor.sampler.running
+
+
+def test_open_power_with_an_absent_source_goes_on_without_power_and_says_why(tmp_path):
+    stop = threading.Event()
+    monitor = open_power(telemetry_section("hwmon"), stop, root=str(tmp_path))
+    assert isinstance(monitor.reader, NonePowerReader) and monitor.source == "none"
+    assert monitor.sampler is None and monitor.idle_w is None
+    assert "hwmon" in monitor.problem and "fix" in monitor.problem
+    monitor.close()
+
+
+def test_open_power_none_is_no_problem(tmp_path):
+    monitor = open_power(telemetry_section("none"), threading.Event(), root=str(tmp_path))
+    assert monitor.source == "none" and monitor.problem is None and monitor.sampler is None
+    monitor.close()
 
 
 # --------------------------------------------------------------------------------------------
