@@ -1,4 +1,4 @@
-"""Jetson INA3221 power rails through sysfs: the JetPack 4 iio driver and the JetPack 5/6 hwmon one."""
+"""Jetson INA3221 power rails through sysfs: JetPack 4 iio and JetPack 5/6 hwmon drivers."""
 
 import os
 from typing import Any, Dict, List, Optional, Set, Tuple
