@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .cli.bench import run_bench
     config = _load_config(args)
     _setup_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
     return run_bench(config, model=args.model, frames=args.frames, source=args.source,

@@ -70,7 +70,8 @@ def test_broken_tensorrt_and_pycuda_are_backend_errors(broken):
 
 
 def test_broken_jtop_and_pynvml_are_unavailable_power_sources(broken):
-    from agent.power import JtopPowerReader, PowerSourceUnavailable, _import_nvml
+    from agent.power import JtopPowerReader, PowerSourceUnavailable
+    from agent.power.nvml import _import_nvml
     broken("jtop")
     broken("pynvml")
     with pytest.raises(PowerSourceUnavailable, match="broken install"):

@@ -1,4 +1,4 @@
-"""Power, thermal and GPU-load readers and the energy sampler (agent/power.py).
+"""Power, thermal and GPU-load readers and the energy sampler (agent/power/).
 
 Jetson sysfs trees are built in tmp_path as docs/PLATFORM.md section 4 lays them out; jtop and
 NVML go through the doubles in tests/doubles. The sampler is driven by scripted readers whose
@@ -10,15 +10,17 @@ import os
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
-from agent import power
 from agent.errors import AgentError, ConfigError
 from agent.power import (EnergyTotals, GpuLoadReader, Ina3221HwmonReader, Ina3221IioReader,
                          JtopPowerReader, NonePowerReader, NvmlPowerReader, PowerReader,
                          PowerReading, PowerSampler, PowerSourceUnavailable, RaplReader,
-                         ThermalReader, discover_power, integrate_trapezoid, parse_jtop_power)
+                         ThermalReader, discover_power, integrate_trapezoid, open_power,
+                         parse_jtop_power)
+from agent.power import sysfs
 
 sys.path.insert(0, os.path.dirname(__file__))
 from doubles import jtop_double, nvml_double  # noqa: E402
@@ -401,14 +403,14 @@ def test_rapl_psys_is_the_total_when_present(tmp_path):
 
 def test_rapl_unreadable_counters_are_not_available(tmp_path, monkeypatch):
     rapl_tree(tmp_path)
-    real = power._read_text
+    real = sysfs.read_text
 
     def deny_energy(path):
         if path.endswith("energy_uj"):
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
-    monkeypatch.setattr(power, "_read_text", deny_energy)
+    monkeypatch.setattr(sysfs, "read_text", deny_energy)
     with pytest.raises(PowerSourceUnavailable) as info:
         RaplReader(str(tmp_path))
     assert "root" in str(info.value) and "energy_uj" in str(info.value)
@@ -450,6 +452,40 @@ def test_unknown_kind_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         discover_power("tegrastats")
     assert "telemetry.power" in str(info.value) and "hwmon" in str(info.value)
+
+
+def telemetry_section(power, sample_hz=50.0):
+    return types.SimpleNamespace(power=power, sample_hz=sample_hz)
+
+
+def test_open_power_starts_the_sampler_and_measures_the_idle_baseline(tmp_path):
+    nano_tree(tmp_path)
+    stop = threading.Event()
+    monitor = open_power(telemetry_section("iio"), stop, root=str(tmp_path))
+    try:
+        assert monitor.problem is None and monitor.source == "ina3221-iio"
+        assert monitor.sampler is not None and monitor.sampler.running
+        assert monitor.idle_w == pytest.approx(2.545)
+        assert monitor.thermal.zones == [] and monitor.gpu_load.source == "none"
+    finally:
+        stop.set()
+        monitor.close()
+    assert not monitor.sampler.running
+
+
+def test_open_power_with_an_absent_source_goes_on_without_power_and_says_why(tmp_path):
+    stop = threading.Event()
+    monitor = open_power(telemetry_section("hwmon"), stop, root=str(tmp_path))
+    assert isinstance(monitor.reader, NonePowerReader) and monitor.source == "none"
+    assert monitor.sampler is None and monitor.idle_w is None
+    assert "hwmon" in monitor.problem and "fix" in monitor.problem
+    monitor.close()
+
+
+def test_open_power_none_is_no_problem(tmp_path):
+    monitor = open_power(telemetry_section("none"), threading.Event(), root=str(tmp_path))
+    assert monitor.source == "none" and monitor.problem is None and monitor.sampler is None
+    monitor.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,10 +762,10 @@ def test_sampler_rejects_bad_rate_and_double_start():
 # Python 3.6 (JetPack 4.6) compatibility
 
 
-def test_power_module_is_python36_compatible():
+def test_power_package_is_python36_compatible():
     pytest.importorskip("vermin")
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "agent", "power.py")
+                        "agent", "power")
     result = subprocess.run([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())",
                              "-q", "--no-tips", "--violations", "-t=3.6-", path],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

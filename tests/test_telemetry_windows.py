@@ -1,5 +1,5 @@
 """Consecutive telemetry windows each carry their own energy (Agent.publish_telemetry with the
-energy sampler of agent/power.py), never the energy since the start.
+energy sampler of agent/power/), never the energy since the start.
 
 Power is read from a Jetson Nano INA3221 sysfs tree in tmp_path (tests/test_power.py's
 builder, laid out as PLATFORM.md section 4 documents) by the real Ina3221IioReader, whose

@@ -36,7 +36,7 @@ def main():
     import trt_double
     trt_double.install("10.3")  # GPU facts read from the real device through pycuda
     from agent.app import Agent
-    from agent.bench import LocalSink
+    from agent.cli.bench import LocalSink
     from agent.config import load_config
     from agent.package import ModelPackage
     from agent.spool import Spool

@@ -18,15 +18,15 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-
-from . import __version__
-from .app import Agent, backend_options, find_bundled_package
-from .backends import open_backend
-from .config import Config, load_config
-from .package import ModelPackage
-from .preprocess import Preprocessor
-from .sources import source_from_config
-from .telemetry import percentiles
+from .. import __version__
+from ..app import Agent, backend_options, find_bundled_package
+from ..backends import open_backend
+from ..config import Config, load_config
+from ..package import ModelPackage
+from ..power import open_power
+from ..preprocess import Preprocessor
+from ..sources import source_from_config
+from ..telemetry import percentiles
 
 
 class LocalSink(object):
@@ -87,7 +87,7 @@ def measure_raw(backend: Any, tensors: List[Any], frames: int) -> Dict[str, Any]
 def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames: int,
                      width: Optional[int] = None, height: Optional[int] = None,
                      warmup: int = 10, telemetry: bool = False) -> Dict[str, Any]:
-    from .spool import Spool
+    from ..spool import Spool
     overrides = ["source.uri={}".format(uri), "source.fps={}".format(fps), "source.loop=true",
                  "telemetry.interval_s=1"]
     if width:
@@ -120,42 +120,29 @@ class EnergyProbe(object):
     """Energy over a measured span, from the configured power source (None without one)."""
 
     def __init__(self, config: Config) -> None:
-        from .power import PowerSampler, discover_power
         self.stop = threading.Event()
-        self.sampler = None  # type: Any
-        try:
-            self.reader = discover_power(config.telemetry.power, energy_counter=False)
-        except Exception as exc:  # an explicit but absent source: bench goes on without it
-            print("bench: no power readings: {}".format(exc), file=sys.stderr)
-            self.reader = None
-            return
-        if self.reader.source != "none":
-            self.sampler = PowerSampler(self.reader, self.stop,
-                                        sample_hz=config.telemetry.sample_hz)
-            self.sampler.start()
-            self.idle_w = self.sampler.measure_idle(1.0)
+        self.power = open_power(config.telemetry, self.stop)
+        if self.power.problem is not None:  # an explicit but absent source: bench goes on
+            print("bench: no power readings: {}".format(self.power.problem), file=sys.stderr)
 
     @property
     def source(self) -> str:
-        return self.reader.source if self.reader is not None else "none"
+        return self.power.source
 
     def mark(self) -> Any:
-        return self.sampler.totals() if self.sampler is not None else None
+        return self.power.sampler.totals() if self.power.sampler is not None else None
 
     def energy(self, start: Any, inferences: int) -> Optional[Dict[str, Any]]:
-        if self.sampler is None or start is None:
+        if self.power.sampler is None or start is None:
             return None
-        window = self.sampler.totals().since(start)
-        out = window.per_inference(inferences, idle_w=self.idle_w)
+        window = self.power.sampler.totals().since(start)
+        out = window.per_inference(inferences, idle_w=self.power.idle_w)
         out["mean_w"] = window.mean_w
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
     def close(self) -> None:
         self.stop.set()
-        if self.sampler is not None:
-            self.sampler.join(2.0)
-        if self.reader is not None:
-            self.reader.close()
+        self.power.close()
 
 
 def _median(values: List[float]) -> float:
