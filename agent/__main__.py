@@ -1,12 +1,12 @@
-"""edge-agent command line. `edge-agent COMMAND --help` explains each command."""
+"""edge-agent's command line: the argument parser, and dispatch to agent/cli/ (one module per
+command). `edge-agent COMMAND --help` explains each command."""
 
 import argparse
-import logging
+import importlib
 import sys
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .demo import build_demo_parser, cmd_demo
 from .errors import AgentError
 
 DESCRIPTION = """\
@@ -18,6 +18,12 @@ quick start (broker on localhost:1883, bundled model and sample photos):
   edge-agent run -c config.yaml --max-frames 20
   mosquitto_sub -t 'edge/+/predictions' -v          # in another terminal
 """
+
+MODELS_DESCRIPTION = ("`models` works on the store under device.state_dir. A running agent "
+                      "reads the store's active record at start; to switch a running agent "
+                      "without a restart, use `edge-agent send model/activate --device ID` "
+                      "instead.")
+VIEWS = ("auto", "window", "web")
 
 EPILOG = """\
 configuration: every key of config.yaml is optional; --set key.path=value overrides one
@@ -40,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="edge-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
+                _add_profile):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
+    """`run`: the daemon."""
     p = sub.add_parser("run", help="run the daemon: capture, infer, publish over MQTT",
                        description="Run the agent until SIGTERM/SIGINT (or the limits below). "
                                    "Predictions go to P/D/predictions, telemetry to "
@@ -49,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
+
+def _add_bench(sub: Any) -> None:
+    """`bench`: backend speed against the whole pipeline."""
     p = sub.add_parser("bench", help="measure raw backend speed vs the full pipeline",
                        description="Runs the model on pre-made tensors (raw backend), then the "
                                    "whole pipeline on a real source, then a live-like 30 fps "
@@ -65,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternate raw and pipeline R times and report medians (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
+
+def _add_check(sub: Any) -> None:
+    """`check`: the environment doctor."""
     p = sub.add_parser("check", help="environment doctor: what this machine has and lacks",
                        description="Checks Python, numpy, OpenCV (+GStreamer), ONNX Runtime, "
                                    "TensorRT, pycuda, jtop, power sensors, the broker, the "
@@ -73,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
+
+def _add_send(sub: Any) -> None:
+    """`send`: the operator side."""
     p = sub.add_parser("send", help="operator side: send a command to a device, print events",
                        description="Publishes COMMAND to P/D/cmd/COMMAND (or the group topic) "
                                    "and prints the device's events for it until the command "
@@ -88,75 +110,115 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON payload, e.g. '{\"name\": \"m\", \"version\": \"2\"}'")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the final event (default 30)")
-    build_demo_parser(sub)
-    from .cli_models import add_parsers
-    add_parsers(sub, _add_config_args)
-    return parser
 
 
-def _load_config(args: argparse.Namespace):
-    from .config import load_config
-    return load_config(args.config, args.overrides)
+def _add_demo(sub: Any) -> None:
+    """`demo`: `run` with the live view."""
+    p = sub.add_parser(
+        "demo", help="run the agent with the live view (window, or web page when headless)",
+        description="Runs the agent like `run`, with a live view of the frames and the top "
+                    "predictions, fps, latency and power drawn on them: a window when a "
+                    "display and an OpenCV with GUI support are there, otherwise a web page at "
+                    "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
+                    "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config.yaml to use (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set view.port=8081 (repeatable)")
+    p.add_argument("--source", metavar="URI",
+                   help="frame source, e.g. csi://0, v4l2:///dev/video0, rtsp://cam/stream, "
+                        "file://photos (default: source.uri)")
+    p.add_argument("--view", choices=VIEWS, default="auto",
+                   help="window, web, or auto (window when possible; default)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
 
-def _setup_logging(level: str) -> None:
-    """Timestamped lines on a terminal; `<N>` priorities and no timestamps under journald."""
-    from .systemd import configure_logging
-    configure_logging(level)
+def _add_models(sub: Any) -> None:
+    """`models ACTION`: the local model store."""
+    p = sub.add_parser("models", help="list, install, activate, roll back, remove local models",
+                       description=MODELS_DESCRIPTION)
+    _add_config_args(p)
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    q = msub.add_parser("list", help="installed models; * marks the active one")
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("install", help="install a package directory, or a model by URL",
+                        description="Install a model package directory (model.yaml, model file, "
+                                    "labels), or download a model: URL with --name, --version, "
+                                    "--sha256 and --manifest (a model.yaml without name/version/"
+                                    "sha256).")
+    q.add_argument("source", metavar="DIR|URL")
+    q.add_argument("--name")
+    q.add_argument("--version")
+    q.add_argument("--sha256")
+    q.add_argument("--manifest", metavar="FILE", help="manifest YAML for a URL install")
+    q.add_argument("--labels-url", metavar="URL")
+    q.add_argument("--signature", help="base64 ed25519 signature (see README)")
+    q.add_argument("--activate", action="store_true", help="make it the active model")
+    for action in ("activate", "remove"):
+        q = msub.add_parser(action, help="{} NAME VERSION".format(action))
+        q.add_argument("name")
+        q.add_argument("version")
+    msub.add_parser("rollback", help="make the previous version active again")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Agent
-    from .systemd import Notifier
-    config = _load_config(args)
-    _setup_logging(config.logging.level)
-    logging.getLogger("edge-agent").debug("config (secrets hidden): %s", config.redacted())
-    agent = Agent(config, max_frames=args.max_frames, duration=args.duration,
-                  notifier=Notifier(), overrides=args.overrides)
-    agent.install_signal_handlers()
-    return agent.run()
+def _add_build(sub: Any) -> None:
+    """`build`: a TensorRT engine from an ONNX file."""
+    p = sub.add_parser("build", help="build a TensorRT engine from an ONNX file",
+                       description="Like trtexec --onnx --saveEngine: parses the ONNX file, "
+                                   "checks what this TensorRT is known to reject, builds an "
+                                   "engine for this exact GPU and writes it with a JSON "
+                                   "fingerprint beside it.")
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    p.add_argument("--calib", metavar="DIR", help="images for INT8 calibration")
+    p.add_argument("--out", metavar="FILE", help="engine file (default: beside the ONNX file)")
+    p.add_argument("--workspace-mb", type=int, default=256)
+    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--dla-core", type=int, default=None)
+    p.add_argument("--state-dir", default="./var", help="where the timing cache lives")
+
+
+def _add_profile(sub: Any) -> None:
+    """`profile`: per-layer times of the TensorRT engine."""
+    p = sub.add_parser("profile", help="per-layer times of the model's TensorRT engine",
+                       description="Like trtexec --dumpProfile: runs the engine of the "
+                                   "configured model (built and cached as `run` would) and "
+                                   "prints each layer's average time, slowest first.")
+    _add_config_args(p)
+    p.add_argument("--model", metavar="NAME|PATH", help="model package (default: model.name)")
+    p.add_argument("--runs", type=int, default=50)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
-    config = _load_config(args)
-    _setup_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
+    from .cli import config_from_args
+    from .systemd import configure_logging
+    config = config_from_args(args)
+    configure_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
     return run_bench(config, model=args.model, frames=args.frames, source=args.source,
                      as_json=args.json, rounds=max(1, args.rounds))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from .check import run_check
-    config = _load_config(args)
-    return run_check(config, as_json=args.json)
+def _body(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """`function` of agent/cli/`module`.py, imported only when the command runs, so that
+    `edge-agent --help` stays quick."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(".cli." + module, __package__), function)(args)
+    return run
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from .send import send_command
-    config = _load_config(args)
-    _setup_logging("WARNING")
-    return send_command(config, args.cmd, device=args.device, group=args.group,
-                        payload_text=args.payload, wait_s=args.wait)
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_models as run_models
-    return run_models(args, _load_config(args))
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_build as run_build
-    return run_build(args)
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_profile as run_profile
-    return run_profile(args, _load_config(args))
-
-
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "check": cmd_check, "send": cmd_send,
-            "models": cmd_models, "build": cmd_build, "profile": cmd_profile}
-COMMANDS["demo"] = cmd_demo
+COMMANDS = {
+    "run": _body("run", "cmd_run"),
+    "bench": cmd_bench,
+    "check": _body("check", "cmd_check"),
+    "send": _body("send", "cmd_send"),
+    "demo": _body("demo", "cmd_demo"),
+    "models": _body("models", "cmd_models"),
+    "build": _body("models", "cmd_build"),
+    "profile": _body("models", "cmd_profile"),
+}  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

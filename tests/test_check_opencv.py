@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 
-from agent.check import OK, WARN, describe_opencv
+from agent.cli.check import OK, WARN, describe_opencv
 from conftest import ROOT, free_port
 
 

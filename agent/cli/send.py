@@ -1,17 +1,27 @@
 """`edge-agent send`: the operator side. Publishes a command and prints the device's events
 for it until the command is done."""
 
+import argparse
 import json
 import sys
 import threading
 import uuid
 from typing import Any, Dict, List, Optional
 
-from .config import Config
-from .errors import AgentError
+from ..config import Config
+from ..errors import AgentError
+from . import config_from_args
 
 FINAL_OK = ("done", "activated", "installed")
 FINAL_BAD = ("rejected", "failed")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from ..systemd import configure_logging
+    config = config_from_args(args)
+    configure_logging("WARNING")
+    return send_command(config, args.cmd, device=args.device, group=args.group,
+                        payload_text=args.payload, wait_s=args.wait)
 
 
 def send_command(config: Config, command: str, device: Optional[str] = None,
@@ -34,7 +44,7 @@ def send_command(config: Config, command: str, device: Optional[str] = None,
         cmd_topic = "{}/groups/{}/cmd/{}".format(prefix, group, command)
         events_topic = "{}/+/events".format(prefix)
 
-    from .mqtt import make_client
+    from ..mqtt import make_client
     client = make_client(config.mqtt, "edge-agent-send-" + request_id)
     done = threading.Event()
     subscribed = threading.Event()

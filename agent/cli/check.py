@@ -1,14 +1,16 @@
 """`edge-agent check`: the environment doctor. Says what this machine has, what the config
 needs, and how to fix what is missing. Exit code 0 only when nothing the config needs fails."""
 
+import argparse
 import json
 import os
 import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import Config
-from .redact import redact_text
+from ..config import Config
+from ..redact import redact_text
+from . import config_from_args
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -48,7 +50,7 @@ def describe_opencv(cv2: Any, root: str = "/") -> Tuple[str, str, bool]:
     loaded it from and whether it was built with GStreamer. On a Jetson a cv2 without GStreamer
     is not JetPack's (a pip wheel, or Ubuntu's python3-opencv 3.2 shadowing it): a warning with
     the fix (the `gstreamer` row fails when the configured source needs it)."""
-    from .sources.platform import NO_GSTREAMER_FIX, gstreamer_in_build, is_jetson
+    from ..sources.platform import NO_GSTREAMER_FIX, gstreamer_in_build, is_jetson
     gst = gstreamer_in_build(cv2.getBuildInformation())
     path = getattr(cv2, "__file__", None) or "(no __file__)"
     detail = "{} from {} (GStreamer: {})".format(getattr(cv2, "__version__", "?"), path,
@@ -74,11 +76,11 @@ def check_modules(report: Report, config: Config) -> None:
                        err, fix))
     cv2, err = _module("cv2")
     if cv2 is None:
-        from .sources.platform import JETPACK_CV2
+        from ..sources.platform import JETPACK_CV2
         report.add("opencv", FAIL, "{}; fix: on a Jetson use {}; elsewhere pip install "
                    "opencv-python-headless".format(err, JETPACK_CV2))
     else:
-        from .sources.platform import NO_GSTREAMER_FIX, needs_gstreamer
+        from ..sources.platform import NO_GSTREAMER_FIX, needs_gstreamer
         status, detail, gst = describe_opencv(cv2)
         uri = config.source.uri
         report.add("opencv", status, detail)
@@ -114,7 +116,7 @@ def check_power(report: Report, config: Config) -> None:
     if os.path.exists("/run/jtop.sock"):
         report.add("jtop", OK, "jtop service socket /run/jtop.sock present")
     try:
-        from .power import discover_power
+        from ..power import discover_power
     except ImportError:
         return
     try:
@@ -152,7 +154,7 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
     """Open the configured source and read one frame, in a thread, so a missing or hung camera
     makes this check fail after `timeout` instead of hanging `check`."""
     import threading
-    from .sources import source_from_config
+    from ..sources import source_from_config
     cfg = config.source
     shown = redact_text(cfg.uri)
     outcome = []  # type: List[Tuple[str, str]]
@@ -184,7 +186,7 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
 
 
 def check_model(report: Report, config: Config) -> None:
-    from .app import find_bundled_package
+    from ..app import find_bundled_package
     try:
         package = find_bundled_package(config, config.model.name)
         package.verify()
@@ -229,3 +231,7 @@ def run_check(config: Config, as_json: bool = False) -> int:
         print("result: {}".format("FAIL: fix the lines marked FAIL" if report.failed
                                   else "ok"))
     return 1 if report.failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return run_check(config_from_args(args), as_json=args.json)
