@@ -40,6 +40,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set mqtt.port=1884 (repeatable)")
 
 
+def _command(sub: Any, name: str, help: str, description: str,
+             config: bool = True) -> argparse.ArgumentParser:
+    """Add subcommand `name`, with -c/--config and --set unless `config` is False."""
+    p = sub.add_parser(name, help=help, description=description)
+    if config:
+        _add_config_args(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent", description=DESCRIPTION, epilog=EPILOG,
@@ -54,24 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run(sub: Any) -> None:
     """`run`: the daemon."""
-    p = sub.add_parser("run", help="run the daemon: capture, infer, publish over MQTT",
-                       description="Run the agent until SIGTERM/SIGINT (or the limits below). "
-                                   "Predictions go to P/D/predictions, telemetry to "
-                                   "P/D/telemetry, state to the retained P/D/status.")
-    _add_config_args(p)
+    p = _command(sub, "run", "run the daemon: capture, infer, publish over MQTT",
+                 "Run the agent until SIGTERM/SIGINT (or the limits below). "
+                 "Predictions go to P/D/predictions, telemetry to "
+                 "P/D/telemetry, state to the retained P/D/status.")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
 
 def _add_bench(sub: Any) -> None:
     """`bench`: backend speed against the whole pipeline."""
-    p = sub.add_parser("bench", help="measure raw backend speed vs the full pipeline",
-                       description="Runs the model on pre-made tensors (raw backend), then the "
-                                   "whole pipeline on a real source, then a live-like 30 fps "
-                                   "synthetic source, and prints fps, stage latencies "
-                                   "p50/p95/p99 and their ratio. No broker needed: messages are "
-                                   "serialized and spooled locally as in a run.")
-    _add_config_args(p)
+    p = _command(sub, "bench", "measure raw backend speed vs the full pipeline",
+                 "Runs the model on pre-made tensors (raw backend), then the "
+                 "whole pipeline on a real source, then a live-like 30 fps "
+                 "synthetic source, and prints fps, stage latencies "
+                 "p50/p95/p99 and their ratio. No broker needed: messages are "
+                 "serialized and spooled locally as in a run.")
     p.add_argument("--model", metavar="NAME|PATH",
                    help="model package name or directory (default: model.name)")
     p.add_argument("--frames", type=int, default=300, metavar="N",
@@ -84,22 +91,20 @@ def _add_bench(sub: Any) -> None:
 
 def _add_check(sub: Any) -> None:
     """`check`: the environment doctor."""
-    p = sub.add_parser("check", help="environment doctor: what this machine has and lacks",
-                       description="Checks Python, numpy, OpenCV (+GStreamer), ONNX Runtime, "
-                                   "TensorRT, pycuda, jtop, power sensors, the broker, the "
-                                   "source and the model. Exit code 0 when everything the "
-                                   "config needs is there, 1 otherwise.")
-    _add_config_args(p)
+    p = _command(sub, "check", "environment doctor: what this machine has and lacks",
+                 "Checks Python, numpy, OpenCV (+GStreamer), ONNX Runtime, "
+                 "TensorRT, pycuda, jtop, power sensors, the broker, the "
+                 "source and the model. Exit code 0 when everything the "
+                 "config needs is there, 1 otherwise.")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _add_send(sub: Any) -> None:
     """`send`: the operator side."""
-    p = sub.add_parser("send", help="operator side: send a command to a device, print events",
-                       description="Publishes COMMAND to P/D/cmd/COMMAND (or the group topic) "
-                                   "and prints the device's events for it until the command "
-                                   "is done. Exit code 0 on success.")
-    _add_config_args(p)
+    p = _command(sub, "send", "operator side: send a command to a device, print events",
+                 "Publishes COMMAND to P/D/cmd/COMMAND (or the group topic) "
+                 "and prints the device's events for it until the command "
+                 "is done. Exit code 0 on success.")
     p.add_argument("cmd", metavar="COMMAND",
                    help="ping, model/install, model/activate, model/rollback, model/list, "
                         "model/remove")
@@ -114,13 +119,14 @@ def _add_send(sub: Any) -> None:
 
 def _add_demo(sub: Any) -> None:
     """`demo`: `run` with the live view."""
-    p = sub.add_parser(
-        "demo", help="run the agent with the live view (window, or web page when headless)",
-        description="Runs the agent like `run`, with a live view of the frames and the top "
-                    "predictions, fps, latency and power drawn on them: a window when a "
-                    "display and an OpenCV with GUI support are there, otherwise a web page at "
-                    "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
-                    "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.")
+    p = _command(sub, "demo",
+                 "run the agent with the live view (window, or web page when headless)",
+                 "Runs the agent like `run`, with a live view of the frames and the top "
+                 "predictions, fps, latency and power drawn on them: a window when a "
+                 "display and an OpenCV with GUI support are there, otherwise a web page at "
+                 "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
+                 "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.",
+                 config=False)
     p.add_argument("-c", "--config", metavar="FILE",
                    help="config.yaml to use (default: built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -136,9 +142,8 @@ def _add_demo(sub: Any) -> None:
 
 def _add_models(sub: Any) -> None:
     """`models ACTION`: the local model store."""
-    p = sub.add_parser("models", help="list, install, activate, roll back, remove local models",
-                       description=MODELS_DESCRIPTION)
-    _add_config_args(p)
+    p = _command(sub, "models", "list, install, activate, roll back, remove local models",
+                 MODELS_DESCRIPTION)
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
     q = msub.add_parser("list", help="installed models; * marks the active one")
@@ -165,11 +170,11 @@ def _add_models(sub: Any) -> None:
 
 def _add_build(sub: Any) -> None:
     """`build`: a TensorRT engine from an ONNX file."""
-    p = sub.add_parser("build", help="build a TensorRT engine from an ONNX file",
-                       description="Like trtexec --onnx --saveEngine: parses the ONNX file, "
-                                   "checks what this TensorRT is known to reject, builds an "
-                                   "engine for this exact GPU and writes it with a JSON "
-                                   "fingerprint beside it.")
+    p = _command(sub, "build", "build a TensorRT engine from an ONNX file",
+                 "Like trtexec --onnx --saveEngine: parses the ONNX file, "
+                 "checks what this TensorRT is known to reject, builds an "
+                 "engine for this exact GPU and writes it with a JSON "
+                 "fingerprint beside it.", config=False)
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     p.add_argument("--calib", metavar="DIR", help="images for INT8 calibration")
@@ -182,11 +187,10 @@ def _add_build(sub: Any) -> None:
 
 def _add_profile(sub: Any) -> None:
     """`profile`: per-layer times of the TensorRT engine."""
-    p = sub.add_parser("profile", help="per-layer times of the model's TensorRT engine",
-                       description="Like trtexec --dumpProfile: runs the engine of the "
-                                   "configured model (built and cached as `run` would) and "
-                                   "prints each layer's average time, slowest first.")
-    _add_config_args(p)
+    p = _command(sub, "profile", "per-layer times of the model's TensorRT engine",
+                 "Like trtexec --dumpProfile: runs the engine of the "
+                 "configured model (built and cached as `run` would) and "
+                 "prints each layer's average time, slowest first.")
     p.add_argument("--model", metavar="NAME|PATH", help="model package (default: model.name)")
     p.add_argument("--runs", type=int, default=50)
 

@@ -158,7 +158,8 @@ class SyntheticSource(Source):
         return self._flip(frame)
 
 
-# ---------------------------------------------------------------- URI factories (agent/sources/__init__.py)
+# ---------------------------------------------------------------- URI factories
+# (listed in agent/sources/__init__.py)
 
 def file_factory(uri: str, parts: Any, base_dir: str, **kw: Any) -> Source:
     path = (parts.netloc + parts.path) if parts.netloc not in ("", "localhost") else parts.path

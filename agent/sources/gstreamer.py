@@ -101,7 +101,8 @@ class RtspSource(GstSource):
                     "" if self.hw_decode else "; software decoding needs gstreamer1.0-libav"))
 
 
-# ---------------------------------------------------------------- URI factories (agent/sources/__init__.py)
+# ---------------------------------------------------------------- URI factories
+# (listed in agent/sources/__init__.py)
 
 def csi_factory(uri: str, parts: Any, base_dir: str, **kw: Any) -> Source:
     target = (parts.netloc + parts.path).strip("/") or "0"
