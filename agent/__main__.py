@@ -1,12 +1,12 @@
-"""edge-agent command line. `edge-agent COMMAND --help` explains each command."""
+"""edge-agent's command line: the argument parser, and dispatch to agent/cli/ (one module per
+command). `edge-agent COMMAND --help` explains each command."""
 
 import argparse
-import logging
+import importlib
 import sys
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .demo import build_demo_parser, cmd_demo
 from .errors import AgentError
 
 DESCRIPTION = """\
@@ -18,6 +18,12 @@ quick start (broker on localhost:1883, bundled model and sample photos):
   edge-agent run -c config.yaml --max-frames 20
   mosquitto_sub -t 'edge/+/predictions' -v          # in another terminal
 """
+
+MODELS_DESCRIPTION = ("`models` works on the store under device.state_dir. A running agent "
+                      "reads the store's active record at start; to switch a running agent "
+                      "without a restart, use `edge-agent send model/activate --device ID` "
+                      "instead.")
+VIEWS = ("auto", "window", "web")
 
 EPILOG = """\
 configuration: every key of config.yaml is optional; --set key.path=value overrides one
@@ -34,28 +40,45 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set mqtt.port=1884 (repeatable)")
 
 
+def _command(sub: Any, name: str, help: str, description: str,
+             config: bool = True) -> argparse.ArgumentParser:
+    """Add subcommand `name`, with -c/--config and --set unless `config` is False."""
+    p = sub.add_parser(name, help=help, description=description)
+    if config:
+        _add_config_args(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="edge-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
+                _add_profile):
+        add(sub)
+    return parser
 
-    p = sub.add_parser("run", help="run the daemon: capture, infer, publish over MQTT",
-                       description="Run the agent until SIGTERM/SIGINT (or the limits below). "
-                                   "Predictions go to P/D/predictions, telemetry to "
-                                   "P/D/telemetry, state to the retained P/D/status.")
-    _add_config_args(p)
+
+def _add_run(sub: Any) -> None:
+    """`run`: the daemon."""
+    p = _command(sub, "run", "run the daemon: capture, infer, publish over MQTT",
+                 "Run the agent until SIGTERM/SIGINT (or the limits below). "
+                 "Predictions go to P/D/predictions, telemetry to "
+                 "P/D/telemetry, state to the retained P/D/status.")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
-    p = sub.add_parser("bench", help="measure raw backend speed vs the full pipeline",
-                       description="Runs the model on pre-made tensors (raw backend), then the "
-                                   "whole pipeline on a real source, then a live-like 30 fps "
-                                   "synthetic source, and prints fps, stage latencies "
-                                   "p50/p95/p99 and their ratio. No broker needed: messages are "
-                                   "serialized and spooled locally as in a run.")
-    _add_config_args(p)
+
+def _add_bench(sub: Any) -> None:
+    """`bench`: backend speed against the whole pipeline."""
+    p = _command(sub, "bench", "measure raw backend speed vs the full pipeline",
+                 "Runs the model on pre-made tensors (raw backend), then the "
+                 "whole pipeline on a real source, then a live-like 30 fps "
+                 "synthetic source, and prints fps, stage latencies "
+                 "p50/p95/p99 and their ratio. No broker needed: messages are "
+                 "serialized and spooled locally as in a run.")
     p.add_argument("--model", metavar="NAME|PATH",
                    help="model package name or directory (default: model.name)")
     p.add_argument("--frames", type=int, default=300, metavar="N",
@@ -65,19 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternate raw and pipeline R times and report medians (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    p = sub.add_parser("check", help="environment doctor: what this machine has and lacks",
-                       description="Checks Python, numpy, OpenCV (+GStreamer), ONNX Runtime, "
-                                   "TensorRT, pycuda, jtop, power sensors, the broker, the "
-                                   "source and the model. Exit code 0 when everything the "
-                                   "config needs is there, 1 otherwise.")
-    _add_config_args(p)
+
+def _add_check(sub: Any) -> None:
+    """`check`: the environment doctor."""
+    p = _command(sub, "check", "environment doctor: what this machine has and lacks",
+                 "Checks Python, numpy, OpenCV (+GStreamer), ONNX Runtime, "
+                 "TensorRT, pycuda, jtop, power sensors, the broker, the "
+                 "source and the model. Exit code 0 when everything the "
+                 "config needs is there, 1 otherwise.")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    p = sub.add_parser("send", help="operator side: send a command to a device, print events",
-                       description="Publishes COMMAND to P/D/cmd/COMMAND (or the group topic) "
-                                   "and prints the device's events for it until the command "
-                                   "is done. Exit code 0 on success.")
-    _add_config_args(p)
+
+def _add_send(sub: Any) -> None:
+    """`send`: the operator side."""
+    p = _command(sub, "send", "operator side: send a command to a device, print events",
+                 "Publishes COMMAND to P/D/cmd/COMMAND (or the group topic) "
+                 "and prints the device's events for it until the command "
+                 "is done. Exit code 0 on success.")
     p.add_argument("cmd", metavar="COMMAND",
                    help="ping, model/install, model/activate, model/rollback, model/list, "
                         "model/remove")
@@ -88,75 +115,114 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON payload, e.g. '{\"name\": \"m\", \"version\": \"2\"}'")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the final event (default 30)")
-    build_demo_parser(sub)
-    from .cli_models import add_parsers
-    add_parsers(sub, _add_config_args)
-    return parser
 
 
-def _load_config(args: argparse.Namespace):
-    from .config import load_config
-    return load_config(args.config, args.overrides)
+def _add_demo(sub: Any) -> None:
+    """`demo`: `run` with the live view."""
+    p = _command(sub, "demo",
+                 "run the agent with the live view (window, or web page when headless)",
+                 "Runs the agent like `run`, with a live view of the frames and the top "
+                 "predictions, fps, latency and power drawn on them: a window when a "
+                 "display and an OpenCV with GUI support are there, otherwise a web page at "
+                 "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
+                 "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.",
+                 config=False)
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config.yaml to use (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set view.port=8081 (repeatable)")
+    p.add_argument("--source", metavar="URI",
+                   help="frame source, e.g. csi://0, v4l2:///dev/video0, rtsp://cam/stream, "
+                        "file://photos (default: source.uri)")
+    p.add_argument("--view", choices=VIEWS, default="auto",
+                   help="window, web, or auto (window when possible; default)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
 
-def _setup_logging(level: str) -> None:
-    """Timestamped lines on a terminal; `<N>` priorities and no timestamps under journald."""
-    from .logs import configure_logging
-    configure_logging(level)
+def _add_models(sub: Any) -> None:
+    """`models ACTION`: the local model store."""
+    p = _command(sub, "models", "list, install, activate, roll back, remove local models",
+                 MODELS_DESCRIPTION)
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    q = msub.add_parser("list", help="installed models; * marks the active one")
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("install", help="install a package directory, or a model by URL",
+                        description="Install a model package directory (model.yaml, model file, "
+                                    "labels), or download a model: URL with --name, --version, "
+                                    "--sha256 and --manifest (a model.yaml without name/version/"
+                                    "sha256).")
+    q.add_argument("source", metavar="DIR|URL")
+    q.add_argument("--name")
+    q.add_argument("--version")
+    q.add_argument("--sha256")
+    q.add_argument("--manifest", metavar="FILE", help="manifest YAML for a URL install")
+    q.add_argument("--labels-url", metavar="URL")
+    q.add_argument("--signature", help="base64 ed25519 signature (see README)")
+    q.add_argument("--activate", action="store_true", help="make it the active model")
+    for action in ("activate", "remove"):
+        q = msub.add_parser(action, help="{} NAME VERSION".format(action))
+        q.add_argument("name")
+        q.add_argument("version")
+    msub.add_parser("rollback", help="make the previous version active again")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Agent
-    from .systemd import Notifier
-    config = _load_config(args)
-    _setup_logging(config.logging.level)
-    logging.getLogger("edge-agent").debug("config (secrets hidden): %s", config.redacted())
-    agent = Agent(config, max_frames=args.max_frames, duration=args.duration,
-                  notifier=Notifier(), overrides=args.overrides)
-    agent.install_signal_handlers()
-    return agent.run()
+def _add_build(sub: Any) -> None:
+    """`build`: a TensorRT engine from an ONNX file."""
+    p = _command(sub, "build", "build a TensorRT engine from an ONNX file",
+                 "Like trtexec --onnx --saveEngine: parses the ONNX file, "
+                 "checks what this TensorRT is known to reject, builds an "
+                 "engine for this exact GPU and writes it with a JSON "
+                 "fingerprint beside it.", config=False)
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    p.add_argument("--calib", metavar="DIR", help="images for INT8 calibration")
+    p.add_argument("--out", metavar="FILE", help="engine file (default: beside the ONNX file)")
+    p.add_argument("--workspace-mb", type=int, default=256)
+    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--dla-core", type=int, default=None)
+    p.add_argument("--state-dir", default="./var", help="where the timing cache lives")
+
+
+def _add_profile(sub: Any) -> None:
+    """`profile`: per-layer times of the TensorRT engine."""
+    p = _command(sub, "profile", "per-layer times of the model's TensorRT engine",
+                 "Like trtexec --dumpProfile: runs the engine of the "
+                 "configured model (built and cached as `run` would) and "
+                 "prints each layer's average time, slowest first.")
+    p.add_argument("--model", metavar="NAME|PATH", help="model package (default: model.name)")
+    p.add_argument("--runs", type=int, default=50)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .cli.bench import run_bench
-    config = _load_config(args)
-    _setup_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
+    from .cli import config_from_args
+    from .logs import configure_logging
+    config = config_from_args(args)
+    configure_logging("WARNING" if config.logging.level == "INFO" else config.logging.level)
     return run_bench(config, model=args.model, frames=args.frames, source=args.source,
                      as_json=args.json, rounds=max(1, args.rounds))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from .check import run_check
-    config = _load_config(args)
-    return run_check(config, as_json=args.json)
+def _body(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """`function` of agent/cli/`module`.py, imported only when the command runs, so that
+    `edge-agent --help` stays quick."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(".cli." + module, __package__), function)(args)
+    return run
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from .send import send_command
-    config = _load_config(args)
-    _setup_logging("WARNING")
-    return send_command(config, args.cmd, device=args.device, group=args.group,
-                        payload_text=args.payload, wait_s=args.wait)
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_models as run_models
-    return run_models(args, _load_config(args))
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_build as run_build
-    return run_build(args)
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    from .cli_models import cmd_profile as run_profile
-    return run_profile(args, _load_config(args))
-
-
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "check": cmd_check, "send": cmd_send,
-            "models": cmd_models, "build": cmd_build, "profile": cmd_profile}
-COMMANDS["demo"] = cmd_demo
+COMMANDS = {
+    "run": _body("run", "cmd_run"),
+    "bench": cmd_bench,
+    "check": _body("check", "cmd_check"),
+    "send": _body("send", "cmd_send"),
+    "demo": _body("demo", "cmd_demo"),
+    "models": _body("models", "cmd_models"),
+    "build": _body("models", "cmd_build"),
+    "profile": _body("models", "cmd_profile"),
+}  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -27,9 +27,9 @@ from .errors import AgentError, BackendError, ModelError, SourceError
 from .package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
-from .cameras import redact_uri
 from .redact import redact_text
-from .sources import Frame, FrameSlot, Pacer, Source, source_from_config
+from .pipeline.frames import Frame, FrameSlot
+from .sources import Pacer, Source, source_from_config
 from .telemetry import StageStats
 
 log = logging.getLogger("edge-agent")
@@ -200,7 +200,7 @@ class Agent(object):
             "agent": __version__,
             "device": self.device_id,
             "model": model.describe() if model else None,
-            "source": redact_uri(self.config.source.uri),
+            "source": redact_text(self.config.source.uri),
             "boot": self.boot,
             "ts": round(time.time(), 3),
         }

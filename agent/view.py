@@ -552,7 +552,7 @@ def highgui_available() -> Tuple[bool, str]:
         import cv2
     except Exception as exc:  # ImportError, or a cv2 built for another numpy
         return False, "OpenCV is not importable ({})".format(exc)
-    from .cameras import highgui_in_build
+    from .sources.platform import highgui_in_build
     if not highgui_in_build(cv2.getBuildInformation()):
         return False, ("this OpenCV ({}) has no GUI support (opencv-python-headless); "
                        "JetPack's cv2 (nvidia-opencv) or opencv-python has it".format(

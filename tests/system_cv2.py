@@ -42,8 +42,8 @@ def make_overlay(folder: str) -> Tuple[Optional[str], str]:
         if not os.path.lexists(dst):
             os.symlink(src, dst)
     probe = subprocess.Popen(
-        [sys.executable, "-c", "import cv2, numpy; from agent.cameras import gstreamer_in_build; "
-         "print(gstreamer_in_build(cv2.getBuildInformation()))"],
+        [sys.executable, "-c", "import cv2, numpy; from agent.sources.platform import "
+         "gstreamer_in_build; print(gstreamer_in_build(cv2.getBuildInformation()))"],
         env=overlay_env(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = probe.communicate(timeout=60)[0].decode(errors="replace")
     if probe.returncode != 0:

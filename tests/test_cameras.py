@@ -20,11 +20,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from agent import cameras
-from agent.cameras import (APPSINK, CameraSource, csi_pipeline, gstreamer_in_build,
-                           highgui_in_build, redact_uri, rtsp_pipeline, v4l2_pipeline)
 from agent.errors import SourceError
+from agent.redact import redact_text
 from agent.sources import make_source, register_scheme
+from agent.sources.cameras import CameraSource, open_v4l2_capture
+from agent.sources.gstreamer import RtspSource, csi_open_error, rtsp_factory
+from agent.sources.pipelines import (APPSINK, csi_pipeline, launch_command, rtsp_pipeline,
+                                     v4l2_pipeline)
+from agent.sources.platform import (gstreamer_in_build, highgui_in_build, is_jetson,
+                                    no_gstreamer_error)
 from conftest import ROOT, SAMPLES, free_port, wait_until
 from system_cv2 import make_overlay, overlay_env
 
@@ -125,7 +129,7 @@ def test_v4l2_uses_gstreamer_when_cv2_has_it_else_the_v4l2_backend(tmp_path):
         *"MJPG")
     # /dev/videoN goes to OpenCV as the index N.
     by_index = RecordingCv2(gstreamer=False)
-    cameras.open_v4l2_capture(by_index, "/dev/video3", 1280, 720, 30, "raw")
+    open_v4l2_capture(by_index, "/dev/video3", 1280, 720, 30, "raw")
     assert by_index.opened == [(3, RecordingCv2.CAP_V4L2)]
     assert make_source("v4l2://3").device == "/dev/video3"
     assert make_source("v4l2:///dev/video0").device == "/dev/video0"
@@ -157,13 +161,13 @@ def _jetson_root(tmp_path, model: str) -> str:
 
 def test_rtsp_decoder_follows_the_board(tmp_path):
     uri = "rtsp://cam.local/live?codec=h265"
-    jetson = cameras.rtsp_factory(uri, urlsplit(uri), ".", root=_jetson_root(
+    jetson = rtsp_factory(uri, urlsplit(uri), ".", root=_jetson_root(
         tmp_path, "NVIDIA Jetson Nano Developer Kit"))
-    assert cameras.is_jetson(jetson.root)
+    assert is_jetson(jetson.root)
     assert "h265parse ! nvv4l2decoder ! nvvidconv" in jetson.pipeline
     desktop_root = tmp_path / "desktop"
     desktop_root.mkdir()
-    assert not cameras.is_jetson(str(desktop_root))
+    assert not is_jetson(str(desktop_root))
     forced = make_source("rtsp://cam.local/live?decoder=sw")
     assert "avdec_h264" in forced.pipeline and not forced.hw_decode
     assert "nvv4l2decoder" in make_source("rtsp://cam.local/live?decoder=hw").pipeline
@@ -177,9 +181,9 @@ def test_rtsp_options_leave_the_camera_query_and_hide_the_password():
         "rtph265depay" in src.pipeline
     assert "s3cret" not in src.describe() and "admin:***@cam" in src.describe()
     assert "s3cret" not in src.safe_pipeline() and "s3cret" not in src._open_error()
-    assert redact_uri("rtsps://u:p@h/x") == "rtsps://u:***@h/x"
-    assert redact_uri("rtsp://h/x") == "rtsp://h/x"
-    assert isinstance(make_source("rtsps://cam/x"), cameras.RtspSource)
+    assert redact_text("rtsps://u:p@h/x") == "rtsps://u:***@h/x"
+    assert redact_text("rtsp://h/x") == "rtsp://h/x"
+    assert isinstance(make_source("rtsps://cam/x"), RtspSource)
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -210,7 +214,7 @@ def test_missing_v4l2_device_names_the_cameras_there():
 
 
 def test_no_gstreamer_error_tells_to_use_the_system_cv2():
-    text = cameras.no_gstreamer_error("csi://0", "4.8.0", "/venv/cv2/__init__.py")
+    text = no_gstreamer_error("csi://0", "4.8.0", "/venv/cv2/__init__.py")
     assert "csi:// sources need" in text and "4.8.0" in text
     assert "pip OpenCV wheels have no GStreamer" in text
     # JetPack's cv2 is NVIDIA's OpenCV package; Ubuntu's python3-opencv (3.2, no GStreamer)
@@ -229,9 +233,9 @@ def test_no_gstreamer_error_tells_to_use_the_system_cv2():
 
 def test_csi_failure_on_a_jetson_says_to_restart_nvargus(tmp_path):
     pipeline = csi_pipeline(0, 1280, 720, 30)
-    on_jetson = cameras.csi_open_error("csi://0", pipeline, jetson=True)
+    on_jetson = csi_open_error("csi://0", pipeline, jetson=True)
     assert "sudo systemctl restart nvargus-daemon" in on_jetson and pipeline in on_jetson
-    elsewhere = cameras.csi_open_error("csi://0", pipeline, jetson=False)
+    elsewhere = csi_open_error("csi://0", pipeline, jetson=False)
     assert "only on a Jetson" in elsewhere and "nvargus-daemon" not in elsewhere
     src = make_source("csi://0")
     src.root = _jetson_root(tmp_path, "NVIDIA Jetson Xavier NX Developer Kit")
@@ -253,7 +257,7 @@ def test_build_information_parsing():
 
 
 def test_launch_command_for_debugging():
-    cmd = cameras.launch_command(csi_pipeline(0, 640, 480, 30))
+    cmd = launch_command(csi_pipeline(0, 640, 480, 30))
     assert cmd.endswith("! fakesink") and "'video/x-raw(memory:NVMM)," in cmd
 
 
@@ -590,7 +594,7 @@ class FlakyCamera(CameraSource):
 
     def __init__(self, uri: str, **kw: Any) -> None:
         CameraSource.__init__(self, uri, **kw)
-        from agent.sources import FileSource
+        from agent.sources.files import FileSource
         self.photos = FileSource("file://" + SAMPLES, SAMPLES)
         self.served = 0
         self.connection = 0
@@ -670,7 +674,7 @@ def test_agent_in_process_goes_degraded_and_back_when_the_camera_fails(broker, r
 ])
 def test_camera_credentials_are_hidden_everywhere(uri):
     from agent.config import load_config
-    shown = redact_uri(uri)
+    shown = redact_text(uri)
     assert "7731x" not in shown and "***" in shown, shown
     try:
         src = make_source(uri)
@@ -690,7 +694,8 @@ def test_one_redaction_rule_for_downloads_and_cameras():
     assert redact_url("https://h/pkg@1.2/m.onnx") == "https://h/pkg@1.2/m.onnx"
     assert redact_url("https://tok3n@h/m.onnx") == "https://***@h/m.onnx"
     assert redact_url("https://u:p[w@h/m.onnx") == "https://***@h/m.onnx"
-    assert redact_uri("rtsp://h:554/x?codec=h265&token=t1") == "rtsp://h:554/x?codec=h265&token=***"
+    assert redact_text("rtsp://h:554/x?codec=h265&token=t1") == \
+        "rtsp://h:554/x?codec=h265&token=***"
 
 
 @pytest.mark.parametrize("uri", [

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 
-from agent.check import OK, WARN, describe_opencv
+from agent.cli.check import OK, WARN, describe_opencv
 from conftest import ROOT, free_port
 
 
@@ -75,7 +75,7 @@ def test_a_cv2_without_gstreamer_off_a_jetson_is_fine(tmp_path):
 
 def test_check_command_names_the_imported_cv2_file_version_and_gstreamer(tmp_path):
     import cv2
-    from agent.cameras import gstreamer_in_build
+    from agent.sources.platform import gstreamer_in_build
     gst = "yes" if gstreamer_in_build(cv2.getBuildInformation()) else "no"
     proc = subprocess.run(
         [sys.executable, "-m", "agent", "check", "-c", os.path.join(ROOT, "config.yaml"),

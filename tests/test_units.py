@@ -10,9 +10,10 @@ import pytest
 from agent.config import load_config
 from agent.errors import ConfigError, ModelError, SourceError
 from agent.package import ModelPackage
+from agent.pipeline.frames import Frame, FrameSlot
 from agent.postprocess import Classifier, activate
 from agent.preprocess import Preprocessor, plan_resize
-from agent.sources import Frame, FrameSlot, make_source
+from agent.sources import make_source
 from conftest import MODEL_DIR, ROOT, SAMPLES, requires
 
 

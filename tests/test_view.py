@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from agent.errors import AgentError
-from agent.sources import Frame
+from agent.pipeline.frames import Frame
 from agent.view import (BAR_BGR, LiveView, ViewServer, display_available, draw_overlay,
                         overlay_text)
 from conftest import ROOT, SAMPLES, AgentProcess, free_port, wait_until

@@ -7,43 +7,17 @@ import json
 import logging
 import sys
 import threading
-from typing import Any
 
-from .errors import AgentError
+from ..errors import AgentError
 
 log = logging.getLogger("edge-agent")
-
-VIEWS = ("auto", "window", "web")
-
-
-def build_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `demo` subcommand to the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "demo", help="run the agent with the live view (window, or web page when headless)",
-        description="Runs the agent like `run`, with a live view of the frames and the top "
-                    "predictions, fps, latency and power drawn on them: a window when a "
-                    "display and an OpenCV with GUI support are there, otherwise a web page at "
-                    "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
-                    "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.")
-    p.add_argument("-c", "--config", metavar="FILE",
-                   help="config.yaml to use (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set view.port=8081 (repeatable)")
-    p.add_argument("--source", metavar="URI",
-                   help="frame source, e.g. csi://0, v4l2:///dev/video0, rtsp://cam/stream, "
-                        "file://photos (default: source.uri)")
-    p.add_argument("--view", choices=VIEWS, default="auto",
-                   help="window, web, or auto (window when possible; default)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    return p
 
 
 def choose_view(requested: str) -> str:
     """window or web for --view; refuses `window` where it cannot work, saying why."""
     if requested == "web":
         return "web"
-    from .view import window_available
+    from ..view import window_available
     ok, why = window_available()
     if ok:
         return "window"
@@ -56,10 +30,10 @@ def choose_view(requested: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .app import Agent
-    from .config import load_config
-    from .logs import configure_logging
-    from .systemd import Notifier
+    from ..app import Agent
+    from ..config import load_config
+    from ..logs import configure_logging
+    from ..systemd import Notifier
     overrides = list(args.overrides)
     if args.source:
         overrides.append("source.uri=" + json.dumps(args.source))  # JSON is YAML: kept as is
@@ -70,12 +44,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   notifier=Notifier(), overrides=overrides)
     agent.install_signal_handlers()
     if mode == "web":
-        from .view import attach_view
+        from ..view import attach_view
         server = attach_view(agent, required=True)
         print("edge-agent demo: live view at {} (Ctrl-C to stop)".format(server.url),
               flush=True)
         return agent.run()
-    from .view import live_view_for, run_window
+    from ..view import live_view_for, run_window
     view = live_view_for(agent)
     result = []  # type: list
 

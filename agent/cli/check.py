@@ -1,13 +1,16 @@
 """`edge-agent check`: the environment doctor. Says what this machine has, what the config
 needs, and how to fix what is missing. Exit code 0 only when nothing the config needs fails."""
 
+import argparse
 import json
 import os
 import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import Config
+from ..config import Config
+from ..redact import redact_text
+from . import config_from_args
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -47,7 +50,7 @@ def describe_opencv(cv2: Any, root: str = "/") -> Tuple[str, str, bool]:
     loaded it from and whether it was built with GStreamer. On a Jetson a cv2 without GStreamer
     is not JetPack's (a pip wheel, or Ubuntu's python3-opencv 3.2 shadowing it): a warning with
     the fix (the `gstreamer` row fails when the configured source needs it)."""
-    from .cameras import NO_GSTREAMER_FIX, gstreamer_in_build, is_jetson
+    from ..sources.platform import NO_GSTREAMER_FIX, gstreamer_in_build, is_jetson
     gst = gstreamer_in_build(cv2.getBuildInformation())
     path = getattr(cv2, "__file__", None) or "(no __file__)"
     detail = "{} from {} (GStreamer: {})".format(getattr(cv2, "__version__", "?"), path,
@@ -73,19 +76,19 @@ def check_modules(report: Report, config: Config) -> None:
                        err, fix))
     cv2, err = _module("cv2")
     if cv2 is None:
-        from .cameras import JETPACK_CV2
+        from ..sources.platform import JETPACK_CV2
         report.add("opencv", FAIL, "{}; fix: on a Jetson use {}; elsewhere pip install "
                    "opencv-python-headless".format(err, JETPACK_CV2))
     else:
-        from .cameras import NO_GSTREAMER_FIX, needs_gstreamer, redact_uri
+        from ..sources.platform import NO_GSTREAMER_FIX, needs_gstreamer
         status, detail, gst = describe_opencv(cv2)
         uri = config.source.uri
         report.add("opencv", status, detail)
         if needs_gstreamer(uri):
             report.add("gstreamer", OK if gst else FAIL,
-                       "OpenCV has GStreamer, which source {} needs".format(redact_uri(uri))
+                       "OpenCV has GStreamer, which source {} needs".format(redact_text(uri))
                        if gst else "source {} needs OpenCV built with GStreamer; {}".format(
-                           redact_uri(uri), NO_GSTREAMER_FIX))
+                           redact_text(uri), NO_GSTREAMER_FIX))
         elif uri.lower().startswith("v4l2:") and not gst:
             report.add("gstreamer", WARN, "no GStreamer in OpenCV: {} is read through OpenCV's "
                        "V4L2 backend instead of the v4l2src pipeline".format(uri))
@@ -113,7 +116,7 @@ def check_power(report: Report, config: Config) -> None:
     if os.path.exists("/run/jtop.sock"):
         report.add("jtop", OK, "jtop service socket /run/jtop.sock present")
     try:
-        from .power import discover_power
+        from ..power import discover_power
     except ImportError:
         return
     try:
@@ -151,10 +154,9 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
     """Open the configured source and read one frame, in a thread, so a missing or hung camera
     makes this check fail after `timeout` instead of hanging `check`."""
     import threading
-    from .cameras import redact_uri
-    from .sources import source_from_config
+    from ..sources import source_from_config
     cfg = config.source
-    shown = redact_uri(cfg.uri)
+    shown = redact_text(cfg.uri)
     outcome = []  # type: List[Tuple[str, str]]
 
     def probe() -> None:
@@ -184,7 +186,7 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
 
 
 def check_model(report: Report, config: Config) -> None:
-    from .app import find_bundled_package
+    from ..app import find_bundled_package
     try:
         package = find_bundled_package(config, config.model.name)
         package.verify()
@@ -229,3 +231,7 @@ def run_check(config: Config, as_json: bool = False) -> int:
         print("result: {}".format("FAIL: fix the lines marked FAIL" if report.failed
                                   else "ok"))
     return 1 if report.failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return run_check(config_from_args(args), as_json=args.json)
