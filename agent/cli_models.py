@@ -66,7 +66,7 @@ def add_parsers(sub: Any, add_config_args: Any) -> None:
 
 
 def _store(config: Config) -> Any:
-    from .models import ModelStore
+    from .store.store import ModelStore
     return ModelStore.from_updates(config.resolve(config.device.state_dir), config.updates)
 
 

@@ -9,7 +9,7 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MANIFEST_NAME = "model.yaml"
 RESIZE_MODES = ("shorter_side_crop", "stretch", "letterbox")
@@ -138,7 +138,7 @@ class ModelPackage(object):
     @classmethod
     def load(cls, root: str) -> "ModelPackage":
         """Read and validate `root/model.yaml`."""
-        import yaml  # local: keeps `import agent.package` cheap
+        import yaml  # local: keeps `import agent.store.package` cheap
         path = os.path.join(root, MANIFEST_NAME)
         if not os.path.isfile(path):
             raise ModelError("model package {}: no {} there; a package is a directory with "

@@ -21,9 +21,9 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from . import __version__, redact
-from .atomicfile import atomic_file, write_all
-from .errors import AgentError
+from .. import __version__, redact
+from ..atomicfile import atomic_file, write_all
+from ..errors import AgentError
 
 SCHEMES = ("https", "http", "file")
 CHUNK = 64 * 1024
