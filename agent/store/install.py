@@ -1,5 +1,8 @@
-"""Adding versions to the store: a package directory copied in, or a model downloaded, each
-verified in a held work directory and renamed into place only when complete."""
+"""Adding versions to the store: a package directory copied in, or a model downloaded.
+
+Each is assembled and verified in a held `.tmp-*` work directory and renamed into place only
+when complete (see agent.store.layout).
+"""
 
 import contextlib
 import json
@@ -133,7 +136,17 @@ class Installer(object):
                 public_key_file: Optional[str] = None, progress: Optional[Progress] = None,
                 cancel: Any = None, labels_sha256: Optional[str] = None,
                 policy: Optional[Dict[str, Any]] = None) -> ModelPackage:
-        """See ModelStore.install."""
+        """Download, verify and add name@version (not activated); see ModelStore.install.
+
+        Exactly one of `manifest` (a mapping) or `manifest_url` gives the manifest; `size` is
+        the expected byte count when known. `progress(phase, fraction, detail)` gets phases
+        "downloading" and "verifying". `labels_sha256` (from the command) is the labels' hash
+        when the manifest has none. With `public_key_file`, `signature` must verify (see
+        agent.store.signing). `cancel` has is_set(), polled by downloads. `policy` is what
+        commands from MQTT add (agent.updates.worker): "fetch" holds extra keyword arguments
+        for every download (file_roots, deadline_s, min_rate_bps, rate_window_s) and
+        "require_labels_sha256" refuses labels without a hash.
+        """
         policy = policy or {}
         name = check_component("name", name)
         version = check_component("version", version)

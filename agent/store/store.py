@@ -1,5 +1,7 @@
-"""The local model store: installed versions under `state_dir/models`, the active and previous
-one, activation, rollback, removal and pruning.
+"""The local model store: installed versions, which one is active, activation and removal.
+
+Versions live under `state_dir/models`; the store activates, rolls back, removes and prunes
+them.
 
 The directory layout and its crash safety are described in agent.store.layout; adding versions
 (import or download) is agent.store.install; signatures are agent.store.signing.
@@ -13,7 +15,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..atomicfile import fsync_dir
-from .install import Installer, Progress
+from .install import Installer
 from .layout import (META_NAME, TMP_PREFIX, StoreError, StoreLock, check_component, fs_errors,
                      name_dirs, remove_leftovers)
 from .package import ModelPackage
@@ -229,23 +231,13 @@ class ModelStore(object):
         """Copy a package directory (e.g. the bundled models/efficientnet_lite0) into the store."""
         return self._installer.import_package(path)
 
-    def install(self, name: str, version: str, url: str, sha256: str, size: Optional[int] = None,
-                manifest: Optional[Dict[str, Any]] = None, manifest_url: Optional[str] = None,
-                labels_url: Optional[str] = None, signature: Optional[str] = None,
-                public_key_file: Optional[str] = None, progress: Optional[Progress] = None,
-                cancel: Any = None, labels_sha256: Optional[str] = None,
-                policy: Optional[Dict[str, Any]] = None) -> ModelPackage:
+    def install(self, name: str, version: str, url: str, sha256: str,
+                **options: Any) -> ModelPackage:
         """Download, verify and add name@version; it is NOT activated (see activate()).
 
         Installing a version that is already there with the same sha256 returns it (a retried
-        command is harmless); with another sha256 it is refused.
-        `progress(phase, fraction, detail)` gets phases "downloading" and "verifying".
-        `labels_sha256` (from the command) is the labels' hash when the manifest has none.
-        `policy` is what commands from MQTT add (agent.updates.worker.ModelManager): "fetch"
-        holds extra keyword arguments for every download (file_roots, deadline_s, min_rate_bps,
-        rate_window_s) and "require_labels_sha256" refuses labels without a hash.
+        command is harmless); with another sha256 it is refused. `options` (size, manifest or
+        manifest_url, labels_url, labels_sha256, signature, public_key_file, progress, cancel,
+        policy) are described at agent.store.install.Installer.install.
         """
-        return self._installer.install(
-            name, version, url, sha256, size=size, manifest=manifest, manifest_url=manifest_url,
-            labels_url=labels_url, signature=signature, public_key_file=public_key_file,
-            progress=progress, cancel=cancel, labels_sha256=labels_sha256, policy=policy)
+        return self._installer.install(name, version, url, sha256, **options)
