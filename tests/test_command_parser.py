@@ -1,6 +1,6 @@
-"""Limits and field checks of the command parser (agent/updates/commands.py parse_command) at their
-boundaries, found untested by mutation testing: payload and request_id sizes, URL and signature
-fields, sizes, how long values are shortened in messages, and plural field names."""
+"""Limits and field checks of the command parser (agent/updates/commands.py parse_command) at
+their boundaries, found untested by mutation testing: payload and request_id sizes, URL and
+signature fields, sizes, how long values are shortened in messages, and plural field names."""
 
 import json
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, List
 from .. import atomicfile
 from ..atomicfile import fsync_dir
 from ..errors import ModelError
-from .package import MANIFEST_NAME, _safe_component
+from .package import MANIFEST_NAME, safe_component
 
 try:
     import fcntl
@@ -52,7 +52,7 @@ def check_component(kind: str, value: Any) -> str:
     """A model name or version usable as one directory name; refuses traversal like '../x'."""
     if isinstance(value, int) and not isinstance(value, bool) and kind == "version":
         value = str(value)
-    if (not isinstance(value, str) or not _safe_component(value) or value.startswith(".") or
+    if (not isinstance(value, str) or not safe_component(value) or value.startswith(".") or
             len(value) > MAX_COMPONENT or value == RECORD_NAME):
         raise StoreError("model {}: {!r} is not allowed; use 1 to {} letters, digits, '_', '-' "
                          "and '.', not starting with '.' (no '/', no '..')".format(
