@@ -24,7 +24,7 @@ from .backends import open_backend
 from .backends.base import Backend, BackendOptions
 from .config import Config
 from .errors import AgentError, BackendError, ModelError, SourceError
-from .package import ModelPackage
+from .store.package import ModelPackage
 from .postprocess import Classifier
 from .preprocess import Preprocessor
 from .redact import redact_text
@@ -280,7 +280,7 @@ class Agent(object):
     def _last_configured(self) -> Optional[str]:
         """model.name at the last start; moves a marker of the old name out of the way of a
         model called `configured-model`."""
-        from .models import write_atomic
+        from .store.layout import write_atomic
         marker = os.path.join(self.store.root, self.CONFIGURED_MARKER)
         legacy = os.path.join(self.store.root, self.LEGACY_MARKER)
         for path in (marker, legacy):
@@ -322,7 +322,7 @@ class Agent(object):
         try:
             package = self.store.import_package(find_bundled_package(self.config, name).root)
             self.store.activate(package.name, package.version)
-            from .models import write_atomic
+            from .store.layout import write_atomic
             write_atomic(os.path.join(self.store.root, self.CONFIGURED_MARKER),
                          name.encode("utf-8"))
             log.info("model store: %s is the configured model, now active", package.ref)
@@ -736,7 +736,7 @@ class Agent(object):
         every command, malformed ones included, with at least one event (a retained one is
         answered `rejected` and never run)."""
         if self.manager is None:
-            from .commands import RETAINED_ERROR, request_id_of
+            from .updates.commands import RETAINED_ERROR, request_id_of
             self.emit_event({"command": command, "request_id": request_id_of(payload),
                              "state": "rejected",
                              "error": RETAINED_ERROR if retained else
@@ -784,7 +784,7 @@ class Agent(object):
             return
         log.error("model %s failed probation: %s; rolling back to %s", probation.ref, verdict,
                   probation.previous)
-        from .commands import Command
+        from .updates.commands import Command
         rid = "auto-rollback-" + uuid.uuid4().hex[:8]
         self.emit_event({"command": "model/rollback", "request_id": rid, "state": "accepted",
                          "detail": "automatic: {} failed probation; returning to {}".format(
@@ -828,8 +828,8 @@ class Agent(object):
         self._note_spool_fault()
 
     def _start_models(self) -> None:
-        from .commands import ModelManager
-        from .models import ModelStore
+        from .updates.worker import ModelManager
+        from .store.store import ModelStore
         self.store = ModelStore.from_updates(self.state_dir, self.config.updates)
         self.manager = ModelManager(self.store, self.emit_event, self.prepare_backend,
                                     self.activate_backend, self.stop,

@@ -9,7 +9,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .package import InputSpec
+from .store.package import InputSpec
 
 
 class ResizePlan(object):

@@ -288,7 +288,7 @@ def test_fsync_dir_of_a_missing_directory_does_nothing(tmp_path):
 # --------------------------------------------------------------------- the model store's record
 
 def _store_with_two_versions(tmp_path):
-    from agent.models import ModelStore
+    from agent.store.store import ModelStore
     from test_models_store import make_package_dir
     store = ModelStore(str(tmp_path / "state"))
     for version in ("1", "2"):

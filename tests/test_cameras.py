@@ -688,7 +688,7 @@ def test_camera_credentials_are_hidden_everywhere(uri):
 
 
 def test_one_redaction_rule_for_downloads_and_cameras():
-    from agent.download import redact_url
+    from agent.store.download import redact_url
     assert redact_url("https://u:tok@h/m.onnx?X-Amz-Signature=abc") == \
         "https://***@h/m.onnx?<hidden>"
     assert redact_url("https://h/pkg@1.2/m.onnx") == "https://h/pkg@1.2/m.onnx"

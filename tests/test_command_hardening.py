@@ -23,8 +23,10 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from agent.commands import Command, is_downgrade  # noqa: E402
-from agent.models import final_manifest, sign_manifest  # noqa: E402
+from agent.updates.commands import Command  # noqa: E402
+from agent.updates.handlers import is_downgrade  # noqa: E402
+from agent.store.manifest import final_manifest  # noqa: E402
+from agent.store.signing import sign_manifest  # noqa: E402
 from test_commands import Env  # noqa: E402
 from test_models_store import LABELS, publish_model, sha, tiny_manifest  # noqa: E402
 
@@ -127,7 +129,7 @@ def test_replay_window_survives_a_restart_and_stays_bounded(tmp_path: Any) -> No
         env.manager.submit_raw("ping", body(request_id="before-restart"))
         final = env.events.finished("before-restart")
         assert final["state"] == "rejected" and "duplicate request_id" in final["error"]
-        window = env.manager._replay_window
+        window = env.manager.replay.size
         for i in range(window + 5):
             env.manager.submit_raw("ping", body(request_id="flood-{}".format(i)))
         with open(str(tmp_path / "state" / "commands-seen.json")) as handle:

@@ -1,12 +1,12 @@
-"""Limits and field checks of the command parser (agent/commands.py parse_command) at their
-boundaries, found untested by mutation testing: payload and request_id sizes, URL and signature
-fields, sizes, how long values are shortened in messages, and plural field names."""
+"""Limits and field checks of the command parser (agent/updates/commands.py parse_command) at
+their boundaries, found untested by mutation testing: payload and request_id sizes, URL and
+signature fields, sizes, how long values are shortened in messages, and plural field names."""
 
 import json
 
 import pytest
 
-from agent.commands import (MAX_PAYLOAD, MAX_REQUEST_ID, MAX_SIGNATURE, MAX_URL, CommandError,
+from agent.updates.commands import (MAX_PAYLOAD, MAX_REQUEST_ID, MAX_SIGNATURE, MAX_URL, CommandError,
                             parse_command)
 
 SHA = "a" * 64

@@ -23,9 +23,11 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
 
 from agent.backends import open_backend  # noqa: E402
 from agent.backends.base import BackendOptions  # noqa: E402
-from agent.commands import CommandError, ModelManager, parse_command  # noqa: E402
+from agent.updates.commands import CommandError, parse_command  # noqa: E402
+from agent.updates.worker import ModelManager  # noqa: E402
+from agent.config import load_config  # noqa: E402
 from agent.errors import BackendError  # noqa: E402
-from agent.models import ModelStore  # noqa: E402
+from agent.store.store import ModelStore  # noqa: E402
 from test_models_store import LABELS, FileServer, publish_model, sha  # noqa: E402
 
 TERMINAL = ("activated", "installed", "done", "rejected", "failed")
@@ -203,8 +205,10 @@ class Env(object):
         self.events = Events()
         self.seam = InferenceSeam()
         self.stop = threading.Event()
+        # `updates`: keys of the config's updates section, validated with the others' defaults.
+        section = load_config(data={"updates": updates}).updates if updates else None
         self.manager = ModelManager(self.store, self.events, self.seam.prepare,
-                                    self.seam.activate, self.stop, updates or {},
+                                    self.seam.activate, self.stop, section,
                                     queue_size=queue_size).start()
 
     def install(self, version: str, seed: int, request_id: str, **changes: Any) -> None:
@@ -402,9 +406,9 @@ def test_failed_download_is_reported(env: Env) -> None:
 def test_scheme_policy_from_the_store(tmp_path: Any) -> None:
     env = Env(tmp_path)
     try:
-        env.manager.store = ModelStore.from_updates(str(tmp_path / "state2"),
-                                                    {"allowed_schemes": ["https"],
-                                                     "max_download_mb": 1})
+        env.manager.store = env.manager.handlers.store = ModelStore.from_updates(
+            str(tmp_path / "state2"), load_config(data={"updates": {
+                "allowed_schemes": ["https"], "max_download_mb": 1}}).updates)
         env.install("1", 1, "h1")
         final = env.events.finished("h1")
         assert final["state"] == "failed" and "updates.allowed_schemes: https" in final["error"]

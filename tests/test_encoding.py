@@ -92,7 +92,7 @@ def test_model_package_and_config_with_utf8_text_load_under_lang_c(tmp_path):
                        .encode("utf-8"))
     script = textwrap.dedent("""
         import sys
-        from agent.package import ModelPackage
+        from agent.store.package import ModelPackage
         from agent.config import load_config
         package = ModelPackage.load(sys.argv[1])
         config = load_config(sys.argv[2], [])

@@ -20,7 +20,7 @@ from agent.backends import gpu_preprocess
 from agent.backends.gpu_preprocess import (KERNEL_NAME, KERNEL_SOURCE, find_nvcc, kernel_args,
                                            opencv_warp_fixed)
 from agent.errors import BackendError
-from agent.package import InputSpec, ModelPackage
+from agent.store.package import InputSpec, ModelPackage
 from agent.preprocess import Preprocessor, plan_resize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

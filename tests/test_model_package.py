@@ -22,7 +22,7 @@ import cv2  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from agent.package import ModelPackage  # noqa: E402
+from agent.store.package import ModelPackage  # noqa: E402
 
 PACKAGE_DIR = os.path.join(REPO_ROOT, "models", "efficientnet_lite0")
 SAMPLES_DIR = os.path.join(REPO_ROOT, "models", "samples")

@@ -304,7 +304,7 @@ def test_kill_9_at_random_instants_during_installs(broker, recorder, run_agent, 
                          status["model"]["version"], round(time.monotonic() - t0, 1)))
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
-    store = __import__("agent.models", fromlist=["ModelStore"]).ModelStore(
+    store = __import__("agent.store.store", fromlist=["ModelStore"]).ModelStore(
         str(root.parent / "state"))
     active = store.active_package()
     assert active is not None and active.verify() == active.sha256

@@ -38,14 +38,16 @@ if ROOT not in sys.path:
 import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from agent import download as download_mod  # noqa: E402
-from agent.download import (ChecksumMismatch, DownloadCancelled, DownloadError,  # noqa: E402
-                            DownloadStalled, DownloadTooLarge, DownloadTruncated, SchemeError,
-                            fetch)
+from agent.store import download as download_mod  # noqa: E402
+from agent.store.download import (ChecksumMismatch, DownloadCancelled,  # noqa: E402
+                                  DownloadError, DownloadStalled, DownloadTooLarge,
+                                  DownloadTruncated, SchemeError, fetch)
 from agent.errors import AgentError, ModelError  # noqa: E402
-from agent.models import (ModelStore, SignatureError, StoreError, final_manifest,  # noqa: E402
-                          sign_manifest)
-from agent.package import ModelPackage  # noqa: E402
+from agent.store.layout import StoreError  # noqa: E402
+from agent.store.manifest import final_manifest  # noqa: E402
+from agent.store.signing import SignatureError, sign_manifest  # noqa: E402
+from agent.store.store import ModelStore  # noqa: E402
+from agent.store.package import ModelPackage  # noqa: E402
 
 BUNDLED = os.path.join(ROOT, "models", "efficientnet_lite0")
 LABELS = b"apple\nbanana\ncherry\ndate\nelderberry\n"
@@ -845,7 +847,7 @@ def check_store_is_sound(state_dir: str, allowed_active: List[Any]) -> ModelStor
     if active is not None:
         package = store.active_package(verify=True)
         assert package.ref == "@".join(active)
-        from agent.models import check_onnx
+        from agent.store.onnx_check import check_onnx
         check_onnx(package)
         assert package.labels
     if store.previous_ref() is not None:
@@ -858,7 +860,7 @@ def check_store_is_sound(state_dir: str, allowed_active: List[Any]) -> ModelStor
 CHILD = r"""
 import json, os, sys
 sys.path.insert(0, {root!r})
-from agent.models import ModelStore
+from agent.store.store import ModelStore
 args = json.loads(sys.argv[1])
 store = ModelStore(args["state_dir"])
 

@@ -36,8 +36,8 @@ def broken(tmp_path, monkeypatch):
 
 
 def test_broken_onnx_leaves_the_container_check(broken):
-    from agent.models import check_onnx
-    from agent.package import ModelPackage
+    from agent.store.onnx_check import check_onnx
+    from agent.store.package import ModelPackage
     broken("onnx")
     check_onnx(ModelPackage.load(MODEL_DIR))  # the protobuf walk only; no exception
 
@@ -81,7 +81,7 @@ def test_broken_jtop_and_pynvml_are_unavailable_power_sources(broken):
 
 
 def test_broken_cryptography_is_a_signature_error(broken):
-    from agent.models import SignatureError, _crypto
+    from agent.store.signing import SignatureError, _crypto
     broken("cryptography")
     with pytest.raises(SignatureError, match="broken install"):
         _crypto()

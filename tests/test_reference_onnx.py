@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.package import ModelPackage
+from agent.store.package import ModelPackage
 from agent.preprocess import Preprocessor
 from conftest import MODEL_DIR, SAMPLES, requires
 from reference_onnx import OnnxFormatError, ReferenceSession, conv, load_model

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.commands import COMMANDS, CommandError, ModelManager, parse_command
+from agent.updates.commands import COMMANDS, CommandError, parse_command
+from agent.updates.worker import ModelManager
 from agent.errors import AgentError, ModelError, SourceError
-from agent.models import ModelStore
-from agent.package import ModelPackage
+from agent.store.store import ModelStore
+from agent.store.package import ModelPackage
 from conftest import MODEL_DIR, ROOT
 
 # ---------------------------------------------------------------- fuzzing

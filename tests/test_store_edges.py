@@ -1,4 +1,4 @@
-"""Edges of the model store (agent/models.py ModelStore) that mutation testing found untested:
+"""Edges of the model store (agent/store/store.py ModelStore) that mutation testing found untested:
 names and versions at their limits, pruning that keeps exactly the newest versions, the
 start-up clean-up (empty name directories, leftover temp directories, durable), records with
 no active model, a version directory holding another version, and a rollback to a damaged
@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from agent.errors import ModelError
-from agent.models import MAX_COMPONENT, ModelStore, StoreError, check_component
+from agent.store.layout import MAX_COMPONENT, StoreError, check_component
+from agent.store.store import ModelStore
 from test_atomicfile import FileOps
 from test_models_store import make_package_dir
 

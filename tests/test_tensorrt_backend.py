@@ -23,7 +23,7 @@ from trt_helpers import (MODEL_DIR, NANO, ORIN, ROOT, TX2, XAVIER, copy_samples,
 from agent.backends import open_backend
 from agent.backends.base import BackendOptions
 from agent.errors import BackendError
-from agent.package import ModelPackage
+from agent.store.package import ModelPackage
 from agent.preprocess import Preprocessor
 
 
@@ -746,7 +746,7 @@ def test_io_adapter_errors(tmp_path, generation, adapter):
 def test_kernel_geometry_matches_cpu_preprocessor(mode, size, frame_hw):
     from gpu_kernel_emulator import run_kernel
     from agent.backends.gpu_preprocess import kernel_args
-    from agent.package import InputSpec
+    from agent.store.package import InputSpec
     spec = InputSpec("input", [1, 3, 224, 224], "NCHW", "RGB", mode, size, [123.675, 116.28, 103.53],
                      [58.395, 57.12, 57.375])
     rng = np.random.RandomState(1)
@@ -955,7 +955,7 @@ def test_package_imports_without_tensorrt_pycuda_or_onnx():
             "import agent.backends.tensorrt as t, agent.backends.trt_build, "
             "agent.backends.cuda, agent.backends.gpu_preprocess, agent.validation\n"
             "from agent.backends.base import BackendOptions\n"
-            "from agent.package import ModelPackage\n"
+            "from agent.store.package import ModelPackage\n"
             "p = ModelPackage.load('models/efficientnet_lite0')\n"
             "try:\n"
             "    t.TensorRTBackend(p, BackendOptions()).load()\n"

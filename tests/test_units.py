@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError, ModelError, SourceError
-from agent.package import ModelPackage
+from agent.store.package import ModelPackage
 from agent.pipeline.frames import Frame, FrameSlot
 from agent.postprocess import Classifier, activate
 from agent.preprocess import Preprocessor, plan_resize
@@ -339,7 +339,7 @@ def test_backend_spin_is_off_unless_asked():
 
 
 def test_labels_that_are_not_utf8_are_a_model_error(tmp_path):
-    from agent.package import load_labels
+    from agent.store.package import load_labels
     path = tmp_path / "labels.txt"
     path.write_bytes(b"\xef\xbb\xbfcat\r\ndog\n\xff\xfe\n")
     with pytest.raises(ModelError) as err:

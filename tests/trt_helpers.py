@@ -118,7 +118,7 @@ def tiny_onnx(path: str, dynamic_batch: bool = False, opset: int = 13, classes: 
 def tiny_package(folder: str, dynamic_batch: bool = False, version: str = "1",
                  resize: str = "stretch", name: str = "tiny", **kwargs: Any) -> Any:
     """A model package around tiny_onnx (32x32 RGB input, 10 classes)."""
-    from agent.package import ModelPackage, sha256_file
+    from agent.store.package import ModelPackage, sha256_file
     os.makedirs(folder, exist_ok=True)
     path = tiny_onnx(os.path.join(folder, "model.onnx"), dynamic_batch=dynamic_batch, **kwargs)
     with open(os.path.join(folder, "labels.txt"), "w") as handle:

@@ -9,7 +9,7 @@ import logging
 from typing import Callable, List, Optional, Tuple
 
 from ..errors import AgentError, BackendError
-from ..package import ModelPackage
+from ..store.package import ModelPackage
 from .base import Backend, BackendOptions
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..errors import BackendError
-from ..package import ModelPackage
+from ..store.package import ModelPackage
 
 
 class BackendOptions(object):

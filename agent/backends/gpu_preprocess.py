@@ -35,7 +35,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from ..errors import BackendError
-from ..package import InputSpec
+from ..store.package import InputSpec
 from ..preprocess import plan_resize
 
 KERNEL_NAME = "preprocess_bgr8"

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import AgentError, BackendError
-from ..package import ModelPackage
+from ..store.package import ModelPackage
 from .base import Backend, BackendOptions
 from .cuda import CudaContext
 from .trt_build import (PRECISIONS, TRT_MISSING, EngineCache, Progress, atomic_write,
@@ -722,7 +722,7 @@ def cmd_build(onnx_path: str, precision: str = "fp16", calib_dir: Optional[str] 
             log("note: {}".format(note))
         atomic_write(out, result.data)
         import json
-        from ..package import sha256_file
+        from ..store.package import sha256_file
         record = {"onnx": os.path.abspath(onnx_path), "onnx_sha256": sha256_file(onnx_path),
                   "tensorrt": version, "gpu": gpu, "compute_capability": cc,
                   "board": _board_model("/"), "requested_precision": precision,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..atomicfile import write_atomic
 from ..errors import BackendError
-from ..package import InputSpec
+from ..store.package import InputSpec
 
 log = logging.getLogger(__name__)
 

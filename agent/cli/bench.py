@@ -22,7 +22,7 @@ from .. import __version__
 from ..app import Agent, backend_options, find_bundled_package
 from ..backends import open_backend
 from ..config import Config, load_config
-from ..package import ModelPackage
+from ..store.package import ModelPackage
 from ..power import open_power
 from ..preprocess import Preprocessor
 from ..sources import source_from_config

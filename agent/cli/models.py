@@ -17,7 +17,7 @@ from . import config_from_args
 
 
 def _store(config: Config) -> Any:
-    from ..models import ModelStore
+    from ..store.store import ModelStore
     return ModelStore.from_updates(config.resolve(config.device.state_dir), config.updates)
 
 

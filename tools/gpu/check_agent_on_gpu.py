@@ -38,7 +38,7 @@ def main():
     from agent.app import Agent
     from agent.cli.bench import LocalSink
     from agent.config import load_config
-    from agent.package import ModelPackage
+    from agent.store.package import ModelPackage
     from agent.spool import Spool
 
     state = tempfile.mkdtemp(prefix="edge-agent-gpu-")

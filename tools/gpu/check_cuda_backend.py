@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from agent.backends.cuda import CudaContext  # noqa: E402
 from agent.backends.gpu_preprocess import GpuPreprocessor, kernel_args  # noqa: E402
 from agent.errors import BackendError  # noqa: E402
-from agent.package import InputSpec, ModelPackage  # noqa: E402
+from agent.store.package import InputSpec, ModelPackage  # noqa: E402
 from agent.preprocess import Preprocessor  # noqa: E402
 
 

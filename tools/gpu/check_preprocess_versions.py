@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from agent.package import InputSpec, ModelPackage  # noqa: E402
+from agent.store.package import InputSpec, ModelPackage  # noqa: E402
 from agent.preprocess import Preprocessor  # noqa: E402
 
 

@@ -32,7 +32,7 @@ def worker(result, state_dir):
     from agent.backends.base import BackendOptions
     from agent.backends.onnxruntime import OnnxRuntimeBackend
     from agent.backends.tensorrt import TensorRTBackend
-    from agent.package import ModelPackage
+    from agent.store.package import ModelPackage
     from agent.preprocess import Preprocessor
 
     package = ModelPackage.load(os.path.join(ROOT, "models", "efficientnet_lite0"))

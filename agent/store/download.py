@@ -19,11 +19,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from . import __version__, redact
-from .atomicfile import atomic_file, write_all
-from .errors import AgentError
+from .. import __version__, redact
+from ..atomicfile import atomic_file, write_all
+from ..errors import AgentError
 
 SCHEMES = ("https", "http", "file")
 CHUNK = 64 * 1024
@@ -230,6 +230,31 @@ def _open_file(url: str, shown: str,
     return handle, os.fstat(handle.fileno()).st_size
 
 
+def _check_request(url: str, shown: str, expected_sha256: Optional[str], max_bytes: int,
+                   allowed_schemes: Sequence[str], cancel: Any, size: Optional[int]
+                   ) -> Tuple[str, List[str], Optional[str]]:
+    """What fetch refuses before connecting; returns (scheme, allowed schemes, sha256)."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    allowed = [s.lower() for s in allowed_schemes]
+    if scheme not in SCHEMES:
+        raise SchemeError("download {}: scheme {!r} is not supported; use an https, http or "
+                          "file URL".format(shown, scheme))
+    if scheme not in allowed:
+        raise SchemeError("download {}: scheme {!r} is not allowed on this device "
+                          "(updates.allowed_schemes: {}); use an allowed URL or add {} to "
+                          "updates.allowed_schemes".format(shown, scheme, ", ".join(allowed),
+                                                           scheme))
+    if expected_sha256 is not None:
+        expected_sha256 = check_sha256(expected_sha256, "download {}: sha256".format(shown))
+    if size is not None and size > max_bytes:
+        raise DownloadTooLarge("download {}: size {} bytes is over the limit of {} bytes; raise "
+                               "updates.max_download_mb or ship a smaller model".format(
+                                   shown, size, max_bytes))
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled("download {}: cancelled before it started".format(shown))
+    return scheme, allowed, expected_sha256
+
+
 def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: int,
           allowed_schemes: Sequence[str], progress: Optional[ByteProgress] = None,
           stall_timeout_s: float = 30.0, cancel: Any = None, size: Optional[int] = None,
@@ -249,24 +274,8 @@ def fetch(url: str, dest_path: str, expected_sha256: Optional[str], max_bytes: i
     socket timeout).
     """
     shown = redact_url(url)
-    scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
-    allowed = [s.lower() for s in allowed_schemes]
-    if scheme not in SCHEMES:
-        raise SchemeError("download {}: scheme {!r} is not supported; use an https, http or "
-                          "file URL".format(shown, scheme))
-    if scheme not in allowed:
-        raise SchemeError("download {}: scheme {!r} is not allowed on this device "
-                          "(updates.allowed_schemes: {}); use an allowed URL or add {} to "
-                          "updates.allowed_schemes".format(shown, scheme, ", ".join(allowed),
-                                                           scheme))
-    if expected_sha256 is not None:
-        expected_sha256 = check_sha256(expected_sha256, "download {}: sha256".format(shown))
-    if size is not None and size > max_bytes:
-        raise DownloadTooLarge("download {}: size {} bytes is over the limit of {} bytes; raise "
-                               "updates.max_download_mb or ship a smaller model".format(
-                                   shown, size, max_bytes))
-    if cancel is not None and cancel.is_set():
-        raise DownloadCancelled("download {}: cancelled before it started".format(shown))
+    scheme, allowed, expected_sha256 = _check_request(url, shown, expected_sha256,
+                                                      max_bytes, allowed_schemes, cancel, size)
 
     if scheme == "file":
         stream, total = _open_file(url, shown, file_roots)

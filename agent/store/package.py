@@ -9,7 +9,7 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MANIFEST_NAME = "model.yaml"
 RESIZE_MODES = ("shorter_side_crop", "stretch", "letterbox")
@@ -138,7 +138,7 @@ class ModelPackage(object):
     @classmethod
     def load(cls, root: str) -> "ModelPackage":
         """Read and validate `root/model.yaml`."""
-        import yaml  # local: keeps `import agent.package` cheap
+        import yaml  # local: keeps `import agent.store.package` cheap
         path = os.path.join(root, MANIFEST_NAME)
         if not os.path.isfile(path):
             raise ModelError("model package {}: no {} there; a package is a directory with "
@@ -157,11 +157,11 @@ class ModelPackage(object):
             raise ModelError("{}: must be a mapping with name, version, file, input, output".format(
                 where))
         name = check.string(raw, "name")
-        if not _safe_component(name):
+        if not safe_component(name):
             raise ModelError("{}: name: {!r} may only use letters, digits, '_', '-' and '.'".format(
                 where, name))
         version = str(check.required(raw, "version"))
-        if not _safe_component(version):
+        if not safe_component(version):
             raise ModelError("{}: version: {!r} may only use letters, digits, '_', '-' and "
                              "'.'".format(where, version))
         task = check.choice(raw, "task", TASKS, default="classification")
@@ -287,13 +287,14 @@ def load_labels(path: str) -> List[str]:
     return lines
 
 
-def _safe_component(value: str) -> bool:
+def safe_component(value: str) -> bool:
+    """One path component of letters, digits, '_', '-' and '.', not '.' or '..'."""
     return bool(value) and value not in (".", "..") and all(
         c.isalnum() or c in "_-." for c in value)
 
 
 def _safe_relpath(value: str) -> bool:
-    return _safe_component(value)
+    return safe_component(value)
 
 
 def _triple(where: str, key: str, value: Any) -> List[float]:
