@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, List
 
+from .backends.base import PRECISIONS
 from .config import Config
 from .errors import AgentError
 
@@ -48,7 +49,7 @@ def add_parsers(sub: Any, add_config_args: Any) -> None:
                                    "engine for this exact GPU and writes it with a JSON "
                                    "fingerprint beside it.")
     p.add_argument("onnx", metavar="MODEL.onnx")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
     p.add_argument("--calib", metavar="DIR", help="images for INT8 calibration")
     p.add_argument("--out", metavar="FILE", help="engine file (default: beside the ONNX file)")
     p.add_argument("--workspace-mb", type=int, default=256)
@@ -132,7 +133,7 @@ def cmd_models(args: argparse.Namespace, config: Config, out: Any = None) -> int
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .backends.tensorrt import cmd_build as build
+    from .cli.engine import cmd_build as build
     return build(args.onnx, precision=args.precision, calib_dir=args.calib, out=args.out,
                  workspace_mb=args.workspace_mb, max_batch=args.max_batch,
                  dla_core=args.dla_core, state_dir=args.state_dir, log=print)
@@ -140,7 +141,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace, config: Config) -> int:
     from .app import backend_options
-    from .backends.tensorrt import cmd_profile as profile
+    from .cli.engine import cmd_profile as profile
     from .bench import resolve_package
     package = resolve_package(config, args.model)
     return profile(package, backend_options(config), runs=args.runs, log=print)

@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from .backends.base import PRECISIONS
 from .errors import ConfigError
 from .redact import redact_text
 
@@ -90,7 +91,6 @@ def _coerce(kind: str, path: str, value: Any) -> Any:
 
 
 F = Field
-PRECISIONS = ("fp32", "fp16", "int8")
 
 SCHEMA = {
     "device": {

@@ -3,13 +3,14 @@
 TensorRT 8.5 added the tensor API (`num_io_tensors`, `set_tensor_address`, `execute_async_v3`)
 and 10.0 removed the binding API (`num_bindings`, `execute_async_v2`). ONE predicate,
 `uses_tensor_api(engine)`, picks the adapter; the rest of the backend never asks which
-TensorRT it runs on. This module holds the tensor-API adapter, type-checked against the
-TensorRT 10 stubs (`tensorrt-stubs`); the binding-API adapter lives in `tensorrt.py`.
+TensorRT it runs on. The tensor-API adapter is type-checked against the TensorRT 10 stubs
+(`tensorrt-stubs`); the binding-API adapter takes its objects as `Any`, since TensorRT 10 has no
+binding API to check it against.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 
-from ..errors import BackendError
+from ...errors import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover - only for the type checker
     import tensorrt as trt  # noqa: F401
@@ -133,3 +134,68 @@ class TensorApiIO(IOAdapter):
         if not self.context.execute_async_v3(int(stream_handle)):
             raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log: a "
                                "missing input shape or tensor address, or a CUDA error)")
+
+
+class BindingApiIO(IOAdapter):
+    """TensorRT 8.0-8.6: bindings by index, a pointer list, execute_async_v2."""
+
+    api = "binding"
+
+    def __init__(self, trt_module: Any, engine: Any, context: Any) -> None:
+        self.engine = engine
+        self.context = context
+        self._tensors = []  # type: List[TensorInfo]
+        for i in range(engine.num_bindings):
+            self._tensors.append(TensorInfo(
+                engine.get_binding_name(i), bool(engine.binding_is_input(i)),
+                dims_tuple(engine.get_binding_shape(i)),
+                trt_module.nptype(engine.get_binding_dtype(i))))
+        self._bindings = [0] * len(self._tensors)
+        self._shapes_set = set()  # type: set
+
+    def tensors(self) -> List[TensorInfo]:
+        return list(self._tensors)
+
+    def _index(self, name: str) -> int:
+        for i, info in enumerate(self._tensors):
+            if info.name == name:
+                return i
+        raise self._unknown(name)
+
+    def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
+        index = self._index(name)
+        info = self._tensors[index]
+        if not info.is_input:
+            raise BackendError("TensorRT tensor {!r} is an output; only inputs take a "
+                               "shape".format(name))
+        if not self.context.set_binding_shape(index, tuple(int(d) for d in shape)):
+            raise BackendError("TensorRT refused shape {} for input {!r} (engine shape {}); the "
+                               "batch must lie within the engine's optimization profile".format(
+                                   tuple(shape), name, info.shape))
+        self._shapes_set.add(name)
+
+    def context_shape(self, name: str) -> Tuple[int, ...]:
+        return dims_tuple(self.context.get_binding_shape(self._index(name)))
+
+    def bind(self, addresses: Dict[str, int]) -> None:
+        for name, address in addresses.items():
+            self._bindings[self._index(name)] = int(address)
+
+    def execute(self, stream_handle: int) -> None:
+        for info in self._tensors:
+            if info.is_input and info.dynamic and info.name not in self._shapes_set:
+                raise BackendError("input {!r} has dynamic shape {}; its shape must be set before "
+                                   "inference".format(info.name, info.shape))
+        missing = [t.name for t, b in zip(self._tensors, self._bindings) if not b]
+        if missing:
+            raise BackendError("TensorRT bindings without a device buffer: {}".format(
+                ", ".join(missing)))
+        if not self.context.execute_async_v2(list(self._bindings), int(stream_handle)):
+            raise BackendError("TensorRT execute_async_v2 failed (see the TensorRT log)")
+
+
+def io_adapter(trt_module: Any, engine: Any, context: Any) -> IOAdapter:
+    """The adapter for this engine, chosen by the one predicate `uses_tensor_api`."""
+    if uses_tensor_api(engine):
+        return TensorApiIO(trt_module, engine, context)
+    return BindingApiIO(trt_module, engine, context)
