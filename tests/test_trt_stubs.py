@@ -186,7 +186,8 @@ def _mypy(parseable_stubs, target, tmp_path):
 
 @needs_stubs
 def test_tensor_api_adapter_type_checks_against_tensorrt_10_stubs(parseable_stubs, tmp_path):
-    errors = _mypy(parseable_stubs, os.path.join("agent", "backends", "tensorrt", "io.py"), tmp_path)
+    target = os.path.join("agent", "backends", "tensorrt", "io.py")
+    errors = _mypy(parseable_stubs, target, tmp_path)
     assert errors == []
 
 

@@ -7,7 +7,7 @@ buffers (buffers.py) and an I/O adapter (io.py); GPU preprocessing is optional.
 """
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 

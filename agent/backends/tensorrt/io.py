@@ -45,15 +45,50 @@ def dims_tuple(dims: Any) -> Tuple[int, ...]:
 
 
 class IOAdapter(object):
-    """The engine/context operations the backend needs, independent of the API generation."""
+    """The engine/context operations the backend needs, independent of the API generation.
+
+    A subclass reads `_tensors` in its constructor and implements `_apply_shape`,
+    `context_shape`, `bind` and `execute`.
+    """
 
     api = "none"
 
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self._tensors = []  # type: List[TensorInfo]
+        self._shapes_set = set()  # type: set
+
     def tensors(self) -> List[TensorInfo]:
-        raise NotImplementedError
+        return list(self._tensors)
+
+    def _index(self, name: str) -> int:
+        for i, info in enumerate(self._tensors):
+            if info.name == name:
+                return i
+        names = [t.name for t in self._tensors]
+        raise BackendError("TensorRT engine has no tensor {!r} (its tensors: {})".format(
+            name, ", ".join(names)))
 
     def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
+        index = self._index(name)
+        info = self._tensors[index]
+        if not info.is_input:
+            raise BackendError("TensorRT tensor {!r} is an output; only inputs take a "
+                               "shape".format(name))
+        if not self._apply_shape(index, name, tuple(int(d) for d in shape)):
+            raise BackendError("TensorRT refused shape {} for input {!r} (engine shape {}); the "
+                               "batch must lie within the engine's optimization profile".format(
+                                   tuple(shape), name, info.shape))
+        self._shapes_set.add(name)
+
+    def _apply_shape(self, index: int, name: str, shape: Tuple[int, ...]) -> bool:
         raise NotImplementedError
+
+    def _check_shapes_set(self) -> None:
+        for info in self._tensors:
+            if info.is_input and info.dynamic and info.name not in self._shapes_set:
+                raise BackendError("input {!r} has dynamic shape {}; its shape must be set before "
+                                   "inference".format(info.name, info.shape))
 
     def context_shape(self, name: str) -> Tuple[int, ...]:
         raise NotImplementedError
@@ -63,11 +98,6 @@ class IOAdapter(object):
 
     def execute(self, stream_handle: int) -> None:
         raise NotImplementedError
-
-    def _unknown(self, name: str) -> BackendError:
-        names = [t.name for t in self.tensors()]
-        return BackendError("TensorRT engine has no tensor {!r} (its tensors: {})".format(
-            name, ", ".join(names)))
 
 
 class TensorApiIO(IOAdapter):
@@ -77,60 +107,32 @@ class TensorApiIO(IOAdapter):
 
     def __init__(self, trt_module: Any, engine: "trt.ICudaEngine",
                  context: "trt.IExecutionContext") -> None:
-        self._trt = trt_module
+        super(TensorApiIO, self).__init__(context)
         self.engine = engine
-        self.context = context
-        self._input_mode = trt_module.TensorIOMode.INPUT
-        self._tensors = self._read_tensors()
-        self._shapes_set = set()  # type: set
-
-    def _read_tensors(self) -> List[TensorInfo]:
-        engine = self.engine
-        out = []
+        input_mode = trt_module.TensorIOMode.INPUT
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            mode = engine.get_tensor_mode(name)
-            dtype = self._trt.nptype(engine.get_tensor_dtype(name))
-            out.append(TensorInfo(name, mode == self._input_mode,
-                                  dims_tuple(engine.get_tensor_shape(name)), dtype))
-        return out
+            self._tensors.append(TensorInfo(
+                name, engine.get_tensor_mode(name) == input_mode,
+                dims_tuple(engine.get_tensor_shape(name)),
+                trt_module.nptype(engine.get_tensor_dtype(name))))
 
-    def tensors(self) -> List[TensorInfo]:
-        return list(self._tensors)
-
-    def _info(self, name: str) -> TensorInfo:
-        for info in self._tensors:
-            if info.name == name:
-                return info
-        raise self._unknown(name)
-
-    def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
-        info = self._info(name)
-        if not info.is_input:
-            raise BackendError("TensorRT tensor {!r} is an output; only inputs take a "
-                               "shape".format(name))
-        if not self.context.set_input_shape(name, tuple(int(d) for d in shape)):
-            raise BackendError("TensorRT refused shape {} for input {!r} (engine shape {}); the "
-                               "batch must lie within the engine's optimization profile".format(
-                                   tuple(shape), name, info.shape))
-        self._shapes_set.add(name)
+    def _apply_shape(self, index: int, name: str, shape: Tuple[int, ...]) -> bool:
+        return bool(self.context.set_input_shape(name, shape))
 
     def context_shape(self, name: str) -> Tuple[int, ...]:
-        self._info(name)
+        self._index(name)
         return dims_tuple(self.context.get_tensor_shape(name))
 
     def bind(self, addresses: Dict[str, int]) -> None:
         for name, address in addresses.items():
-            self._info(name)
+            self._index(name)
             if not self.context.set_tensor_address(name, int(address)):
                 raise BackendError("TensorRT refused the device address of tensor {!r}".format(
                     name))
 
     def execute(self, stream_handle: int) -> None:
-        for info in self._tensors:
-            if info.is_input and info.dynamic and info.name not in self._shapes_set:
-                raise BackendError("input {!r} has dynamic shape {}; its shape must be set before "
-                                   "inference".format(info.name, info.shape))
+        self._check_shapes_set()
         if not self.context.execute_async_v3(int(stream_handle)):
             raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log: a "
                                "missing input shape or tensor address, or a CUDA error)")
@@ -142,37 +144,17 @@ class BindingApiIO(IOAdapter):
     api = "binding"
 
     def __init__(self, trt_module: Any, engine: Any, context: Any) -> None:
+        super(BindingApiIO, self).__init__(context)
         self.engine = engine
-        self.context = context
-        self._tensors = []  # type: List[TensorInfo]
         for i in range(engine.num_bindings):
             self._tensors.append(TensorInfo(
                 engine.get_binding_name(i), bool(engine.binding_is_input(i)),
                 dims_tuple(engine.get_binding_shape(i)),
                 trt_module.nptype(engine.get_binding_dtype(i))))
         self._bindings = [0] * len(self._tensors)
-        self._shapes_set = set()  # type: set
 
-    def tensors(self) -> List[TensorInfo]:
-        return list(self._tensors)
-
-    def _index(self, name: str) -> int:
-        for i, info in enumerate(self._tensors):
-            if info.name == name:
-                return i
-        raise self._unknown(name)
-
-    def set_input_shape(self, name: str, shape: Sequence[int]) -> None:
-        index = self._index(name)
-        info = self._tensors[index]
-        if not info.is_input:
-            raise BackendError("TensorRT tensor {!r} is an output; only inputs take a "
-                               "shape".format(name))
-        if not self.context.set_binding_shape(index, tuple(int(d) for d in shape)):
-            raise BackendError("TensorRT refused shape {} for input {!r} (engine shape {}); the "
-                               "batch must lie within the engine's optimization profile".format(
-                                   tuple(shape), name, info.shape))
-        self._shapes_set.add(name)
+    def _apply_shape(self, index: int, name: str, shape: Tuple[int, ...]) -> bool:
+        return bool(self.context.set_binding_shape(index, shape))
 
     def context_shape(self, name: str) -> Tuple[int, ...]:
         return dims_tuple(self.context.get_binding_shape(self._index(name)))
@@ -182,10 +164,7 @@ class BindingApiIO(IOAdapter):
             self._bindings[self._index(name)] = int(address)
 
     def execute(self, stream_handle: int) -> None:
-        for info in self._tensors:
-            if info.is_input and info.dynamic and info.name not in self._shapes_set:
-                raise BackendError("input {!r} has dynamic shape {}; its shape must be set before "
-                                   "inference".format(info.name, info.shape))
+        self._check_shapes_set()
         missing = [t.name for t, b in zip(self._tensors, self._bindings) if not b]
         if missing:
             raise BackendError("TensorRT bindings without a device buffer: {}".format(
