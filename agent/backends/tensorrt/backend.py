@@ -61,10 +61,9 @@ class TensorRTBackend(Backend):
     @classmethod
     def available(cls) -> bool:
         try:
-            import_tensorrt()
+            return import_tensorrt() is not None
         except BackendError:
             return False
-        return True
 
     # -- load --------------------------------------------------------------------------------
     def _load_impl(self) -> None:
@@ -133,12 +132,11 @@ class TensorRTBackend(Backend):
         if fresh is not None:
             self._validate_and_store(cache, fingerprint, fresh)
         else:  # a cached engine that failed the gate when it was built is refused again
-            self.validation = lookup.meta.get("validation")
-            if failed_when_built(self.validation, options.validate):
+            recorded = self.validation = lookup.meta.get("validation")
+            if recorded and failed_when_built(recorded, options.validate):
                 raise BackendError("model {}: cached {} engine {} failed validation when it was "
                                    "built: {}".format(package.ref, self.precision,
-                                                      self.engine_path,
-                                                      (self.validation or {}).get("reason")))
+                                                      self.engine_path, recorded.get("reason")))
 
     def _engine_from_cache(self, lookup: CacheLookup, cache: EngineCache) -> Any:
         """The cached engine, deserialized; None (with the reason noted) when it must be built."""

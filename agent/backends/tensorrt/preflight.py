@@ -3,7 +3,7 @@
 Reads the ONNX file (opset, inputs, operators) with the `onnx` package, imported only when used.
 """
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 
 class PreflightReport(object):
@@ -43,6 +43,14 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
         report.problems.append("{} does not parse as ONNX: {}".format(onnx_path, exc))
         return report
     report.checked = True
+    constants = _read_model(report, model)
+    _check_graph(report, model.graph, constants, trt_version_str, compute_capability)
+    _check_inputs(report, trt_version_str, max_batch)
+    return report
+
+
+def _generations(trt_version_str: str) -> Tuple[bool, bool, bool]:
+    """(8.2 generation, before 8.0, before 8.5) for a TensorRT version string."""
     parts = (trt_version_str.split(".") + ["0", "0"])[:2]
     try:
         major, minor = int(parts[0]), int(parts[1])
@@ -51,6 +59,11 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
     gen82 = (major, minor) < (8, 4)      # the JetPack 4.6 generation (8.0 / 8.2)
     before80 = major < 8                  # no ONNX NonMaxSuppression at all
     before85 = (major, minor) < (8, 5)   # before UINT8 I/O, dynamic Pad
+    return gen82, before80, before85
+
+
+def _read_model(report: PreflightReport, model: Any) -> Set[str]:
+    """Fill in opset, operators, FP16-ness and inputs; returns the names of constant tensors."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             report.opset = int(opset.version)
@@ -74,8 +87,14 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
                 for d in ttype.shape.dim]
         dtype = elem_names.get(ttype.elem_type, "type{}".format(ttype.elem_type))
         report.inputs.append((inp.name, dims, dtype))
-    where = "TensorRT {}".format(trt_version_str)
+    return constants
 
+
+def _check_graph(report: PreflightReport, graph: Any, constants: Set[str],
+                 trt_version_str: str, compute_capability: Optional[str]) -> None:
+    """Opset and operators this TensorRT generation rejects."""
+    gen82, before80, before85 = _generations(trt_version_str)
+    where = "TensorRT {}".format(trt_version_str)
     if gen82 and report.opset is not None and report.opset > 13:
         report.problems.append("opset {} is newer than {} supports (13 at most): export with "
                                "opset 11-13".format(report.opset, where))
@@ -100,6 +119,12 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
     if compute_capability == "5.3" and "ArgMax" in report.operators:
         report.problems.append("operator ArgMax fails on the Jetson Nano (SM 5.3) with {}: "
                                "remove it and take the argmax after inference".format(where))
+
+
+def _check_inputs(report: PreflightReport, trt_version_str: str, max_batch: int) -> None:
+    """Input types and dynamic dimensions the agent and this TensorRT cannot take."""
+    before85 = _generations(trt_version_str)[2]
+    where = "TensorRT {}".format(trt_version_str)
     for name, dims, dtype in report.inputs:
         if dtype == "uint8" and before85:
             report.problems.append("input {!r} is uint8, which {} does not accept as a network "
@@ -116,5 +141,4 @@ def preflight(onnx_path: str, trt_version_str: str, compute_capability: Optional
         elif dynamic:
             report.notes.append("input {!r} has a dynamic batch: profile min 1, opt/max {}"
                                 .format(name, max_batch))
-    return report
 
