@@ -1108,3 +1108,21 @@ def test_gpu_name_and_compute_capability_come_from_cuda_without_nvml(monkeypatch
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     monkeypatch.setitem(sys.modules, "pycuda", None)
     assert gpu_info() == {}
+
+
+def test_the_fallback_chain_follows_the_backend_registry(monkeypatch):
+    from agent.backends import plan_chain
+
+    def chain(**kw):
+        return [(kind, opts.precision) for kind, opts in plan_chain(BackendOptions(**kw))]
+
+    with doubles("8.2", NANO):
+        assert chain(kind="auto", precision="int8") == [
+            ("tensorrt", "int8"), ("tensorrt", "fp32"), ("onnxruntime", "int8")]
+        assert chain(kind="auto", precision="fp32") == [("tensorrt", "fp32"),
+                                                        ("onnxruntime", "fp32")]
+        assert chain(kind="onnxruntime", precision="fp16") == [("onnxruntime", "fp16")]
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert chain(kind="auto", precision="fp16") == [("onnxruntime", "fp16")]
+    assert chain(kind="tensorrt", precision="fp16") == [
+        ("tensorrt", "fp16"), ("tensorrt", "fp32"), ("onnxruntime", "fp16")]
