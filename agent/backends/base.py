@@ -1,4 +1,4 @@
-"""The backend interface: one lifecycle for TensorRT and ONNX Runtime.
+"""The backend interface: one lifecycle for every backend, with its options and precisions.
 
 Public methods check state and then call the `*_impl` hooks a backend overrides, so every
 backend reports misuse the same way. A backend is created, loaded and used by ONE thread (the
@@ -37,13 +37,15 @@ def report_progress(progress: Optional[Progress], phase: str, fraction: Optional
 
 
 def check_precision(precision: str) -> None:
+    """BackendError unless `precision` is one of PRECISIONS."""
     if precision not in PRECISIONS:
         raise BackendError("backend.precision: {!r} is not one of {}".format(
             precision, ", ".join(PRECISIONS)))
 
 
 class BackendOptions(object):
-    """What the config's `backend` section asks of a backend (see config.yaml)."""
+    """What the config's `backend` section asks of a backend (see config.yaml), with the
+    config's paths resolved; the fallback chain copies it with another precision."""
 
     def __init__(self, kind: str = "auto", precision: str = "fp16", workspace_mb: int = 256,
                  max_batch: int = 1, dla_core: Optional[int] = None,
@@ -142,7 +144,7 @@ class Backend(object):
                   check_batch: bool) -> None:
         """Check the model's inputs and outputs against the manifest, then take their names.
 
-        `what` names the model form in messages ("ONNX", "engine"); `inputs` are the model's
+        `what` names the model form in messages ("ONNX model", "engine"); `inputs` are the model's
         input names. Unknown dimensions (negative, None or symbolic) match anything; the batch
         dimension is compared only when `check_batch`.
         """
