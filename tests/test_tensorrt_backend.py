@@ -602,6 +602,12 @@ def test_validate_against_reference_unit():
     nan = validate_against_reference(Fake("a", lambda t: t * np.nan), Fake("b", lambda t: t),
                                      tensors, 0.5)
     assert not nan.passed and "NaN" in nan.reason
+    # Scores shaped (frames, classes, 1, 1): the activation runs over each frame's classes, as
+    # the classifier does, not over the last axis (which would make every score 1.0).
+    nchw = [t.reshape(1, 4, 1, 1) for t in tensors]
+    flipped = validate_against_reference(Fake("a", lambda t: -t), Fake("b", lambda t: t), nchw,
+                                         0.98)
+    assert not flipped.passed and "top-1 agrees with b on 0/10 frames" in flipped.reason
 
 
 # ---------------------------------------------------------------------------------------------
