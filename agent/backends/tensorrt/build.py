@@ -138,7 +138,6 @@ def resolve_precision(trt: Any, builder: Any, requested: str, gpu: str,
     return "fp32", notes
 
 
-
 def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 256,
                  max_batch: int = 1, dla_core: Optional[int] = None,
                  input_spec: Optional[InputSpec] = None,

@@ -128,4 +128,3 @@ def create_int8_calibrator(trt: Any, cuda: Any, spec: InputSpec, files: Sequence
     cls = int8_calibrator_class(trt)
     return cls(calibration_batches(files, spec, batch_size), batch_size, spec.shape,
                cache_path, cuda)
-

@@ -187,4 +187,3 @@ class EngineCache(object):
                 return json.load(handle)
         except (OSError, ValueError):
             return {}
-

@@ -141,4 +141,3 @@ def _check_inputs(report: PreflightReport, trt_version_str: str, max_batch: int)
         elif dynamic:
             report.notes.append("input {!r} has a dynamic batch: profile min 1, opt/max {}"
                                 .format(name, max_batch))
-

@@ -103,5 +103,3 @@ def init_plugins(trt: Any, logger: Any) -> None:
             return
         _PLUGINS_READY[id(trt)] = trt
     init(logger, "")
-
-
