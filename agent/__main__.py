@@ -176,7 +176,8 @@ def _add_build(sub: Any) -> None:
                  "engine for this exact GPU and writes it with a JSON "
                  "fingerprint beside it.", config=False)
     p.add_argument("onnx", metavar="MODEL.onnx")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    from .backends.base import PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
     p.add_argument("--calib", metavar="DIR", help="images for INT8 calibration")
     p.add_argument("--out", metavar="FILE", help="engine file (default: beside the ONNX file)")
     p.add_argument("--workspace-mb", type=int, default=256)

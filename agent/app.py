@@ -862,7 +862,7 @@ class Agent(object):
         signal.signal(signal.SIGHUP, on_hangup)
 
     def run(self) -> int:
-        from .fingerprint import fingerprint
+        from .environment import fingerprint
         if self.link is None:
             self._start_link()
         if self.config.view.enabled:

@@ -8,6 +8,7 @@ loader in agent/config.py walks it; config.yaml documents the same keys for user
 import math
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
+from .backends import KINDS, PRECISIONS
 from .errors import ConfigError
 
 
@@ -89,7 +90,6 @@ def _coerce(kind: str, path: str, value: Any) -> Any:
 
 
 F = Field
-PRECISIONS = ("fp32", "fp16", "int8")
 
 SCHEMA = {
     "device": {
@@ -128,7 +128,7 @@ SCHEMA = {
         "name": F("str", "efficientnet_lite0"),
     },
     "backend": {
-        "kind": F("str", "auto", choices=("auto", "tensorrt", "onnxruntime")),
+        "kind": F("str", "auto", choices=KINDS),
         "precision": F("str", "fp16", choices=PRECISIONS),
         "workspace_mb": F("int", 256, minimum=16),
         "max_batch": F("int", 1, minimum=1, maximum=64),

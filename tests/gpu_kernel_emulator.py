@@ -1,4 +1,4 @@
-"""The CUDA kernel of agent/backends/gpu_preprocess.py on a CPU (test helper), two ways.
+"""The CUDA kernel of agent/backends/tensorrt/gpu_preprocess.py on a CPU (test helper), two ways.
 
 `run_kernel` is a numpy port: per output pixel it computes what KERNEL_SOURCE computes, from the
 same KernelArgs, with the same operations in the same order (float32 where the kernel uses the

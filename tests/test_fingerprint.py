@@ -1,6 +1,6 @@
 """The retained `info` fingerprint read from Jetson files laid out in tmp_path."""
 
-from agent.fingerprint import cuda_version, fingerprint, l4t_release, nvpmodel_mode
+from agent.environment import cuda_version, fingerprint, l4t_release, nvpmodel_mode
 
 
 def _write(root, rel, text):

@@ -16,9 +16,9 @@ import pytest
 from gpu_kernel_emulator import (KERNEL_SHA256, compiled_kernel, find_cxx, kernel_sha256,
                                  run_kernel)
 
-from agent.backends import gpu_preprocess
-from agent.backends.gpu_preprocess import (KERNEL_NAME, KERNEL_SOURCE, find_nvcc, kernel_args,
-                                           opencv_warp_fixed)
+from agent.backends.tensorrt import gpu_preprocess
+from agent.backends.tensorrt.gpu_preprocess import (KERNEL_NAME, KERNEL_SOURCE, find_nvcc,
+                                                    kernel_args, opencv_warp_fixed)
 from agent.errors import BackendError
 from agent.store.package import InputSpec, ModelPackage
 from agent.preprocess import Preprocessor, plan_resize

@@ -43,7 +43,7 @@ def test_broken_onnx_leaves_the_container_check(broken):
 
 
 def test_broken_onnx_skips_the_tensorrt_preflight_with_the_reason(broken):
-    from agent.backends.trt_build import preflight
+    from agent.backends.tensorrt.preflight import preflight
     broken("onnx")
     report = preflight(os.path.join(MODEL_DIR, "model.onnx"), "8.2.1")
     assert not report.checked and "broken install" in report.notes[0], report.notes
@@ -58,8 +58,8 @@ def test_broken_onnxruntime_is_a_backend_error(broken):
 
 
 def test_broken_tensorrt_and_pycuda_are_backend_errors(broken):
-    from agent.backends.cuda import import_pycuda_driver
-    from agent.backends.trt_build import import_tensorrt
+    from agent.backends.tensorrt.cuda import import_pycuda_driver
+    from agent.backends.tensorrt.runtime import import_tensorrt
     from agent.errors import BackendError
     broken("tensorrt")
     broken("pycuda")

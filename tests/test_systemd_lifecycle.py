@@ -171,8 +171,9 @@ def warm_imports():
     (including the agent's extender) against a start timeout scaled down to one second. On a
     device the extender has 30 s of slack against a 300 s TimeoutStartSec=."""
     import importlib
-    for name in ("onnx", "onnxruntime", "agent.backends.tensorrt", "agent.backends.trt_build",
-                 "agent.backends.onnxruntime", "agent.validation", "agent.preprocess"):
+    for name in ("onnx", "onnxruntime", "agent.backends.tensorrt",
+                 "agent.backends.tensorrt.build", "agent.backends.onnxruntime",
+                 "agent.backends.validation", "agent.preprocess"):
         try:
             importlib.import_module(name)
         except ImportError:

@@ -22,6 +22,7 @@ from trt_helpers import (MODEL_DIR, NANO, ORIN, ROOT, TX2, XAVIER, copy_samples,
 
 from agent.backends import open_backend
 from agent.backends.base import BackendOptions
+from agent.backends.validation import ValidationPolicy
 from agent.errors import BackendError
 from agent.store.package import ModelPackage
 from agent.preprocess import Preprocessor
@@ -116,7 +117,8 @@ def test_tensorrt_11_strong_typing_falls_back_to_fp32_with_message(tmp_path, tin
 # Engine cache: fingerprint, stale engines, atomic writes
 # ---------------------------------------------------------------------------------------------
 def test_cache_key_changes_when_any_fingerprint_field_changes():
-    from agent.backends.trt_build import FINGERPRINT_FIELDS, fingerprint_key, make_fingerprint
+    from agent.backends.tensorrt.engine_cache import (FINGERPRINT_FIELDS, fingerprint_key,
+                                                     make_fingerprint)
     base = dict(onnx_sha256="a" * 64, tensorrt="8.2.1.8", gpu="NVIDIA Tegra X1",
                 compute_capability="5.3", board="NVIDIA Jetson Nano Developer Kit",
                 precision="fp16", input_shapes={"input": [1, 3, 224, 224]}, max_batch=1,
@@ -206,31 +208,30 @@ def test_corrupt_or_tampered_engine_is_refused_with_reason_and_rebuilt(tmp_path,
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    from agent.backends import trt_build
+    from agent.backends.tensorrt import engine_cache
     target = tmp_path / "engines" / "x.engine"
-    trt_build.atomic_write(str(target), b"old engine")
+    engine_cache.atomic_write(str(target), b"old engine")
     real_fsync = os.fsync
 
     def failing_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trt_build.os, "fsync", failing_fsync)
+    monkeypatch.setattr(engine_cache.os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        trt_build.atomic_write(str(target), b"new engine" * 1000)
-    monkeypatch.setattr(trt_build.os, "fsync", real_fsync)
+        engine_cache.atomic_write(str(target), b"new engine" * 1000)
+    monkeypatch.setattr(engine_cache.os, "fsync", real_fsync)
     assert target.read_bytes() == b"old engine"
     assert sorted(os.listdir(str(target.parent))) == ["x.engine"], "temp file left behind"
 
 
 def test_engine_without_record_is_not_used(tmp_path, tiny, monkeypatch):
     """The JSON record is written last: an engine whose record write failed is rebuilt."""
-    # Import tensorrt.py BEFORE patching: it binds trt_build.atomic_write by name at import,
-    # and a first import under the patch would keep the failing writer after this test.
-    import agent.backends.tensorrt as trt_backend
-    from agent.backends import trt_build
-    writer = trt_backend.atomic_write
+    # Import the modules that bind engine_cache.atomic_write by name BEFORE patching: a first
+    # import under the patch would keep the failing writer after this test.
+    from agent.backends.tensorrt import build, calibrator, engine_cache
+    writer = engine_cache.atomic_write
     with doubles("10.3", NANO):
-        real = trt_build.atomic_write
+        real = engine_cache.atomic_write
         calls = []
 
         def fail_on_record(path, data):
@@ -239,16 +240,16 @@ def test_engine_without_record_is_not_used(tmp_path, tiny, monkeypatch):
                 raise OSError(28, "No space left on device")
             real(path, data)
 
-        monkeypatch.setattr(trt_build, "atomic_write", fail_on_record)
+        monkeypatch.setattr(engine_cache, "atomic_write", fail_on_record)
         with pytest.raises(OSError):
             load(tiny, options(tmp_path))
         assert pycuda_double.stats().pushes == pycuda_double.stats().pops == 1
-        monkeypatch.setattr(trt_build, "atomic_write", real)
+        monkeypatch.setattr(engine_cache, "atomic_write", real)
         backend = load(tiny, options(tmp_path))
         backend.close()
         assert not backend.from_cache
         assert any("no engine built yet" in n for n in backend.notes)
-    assert trt_backend.atomic_write is writer is trt_build.atomic_write
+    assert build.atomic_write is calibrator.atomic_write is writer is engine_cache.atomic_write
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +291,8 @@ def test_int8_calibrator_feeds_batches_and_writes_then_reads_cache(tmp_path, tin
 
 
 def test_int8_calibrator_batches_come_from_the_models_preprocessor(tmp_path, tiny):
-    from agent.backends.cuda import CudaContext
-    from agent.backends.trt_build import calibration_images, create_int8_calibrator
+    from agent.backends.tensorrt.cuda import CudaContext
+    from agent.backends.tensorrt.calibrator import calibration_images, create_int8_calibrator
     calib = copy_samples(str(tmp_path / "calib"))
     with doubles("10.3", XAVIER) as trt:
         with CudaContext(0) as cuda:
@@ -388,13 +389,14 @@ def test_dynamic_batch_gets_a_profile_up_to_max_batch(tmp_path):
 # Parser errors, preflight, build failures
 # ---------------------------------------------------------------------------------------------
 def test_parser_errors_are_reported_per_node(tmp_path, monkeypatch):
-    from agent.backends import trt_build
+    from agent.backends.tensorrt import build
+    from agent.backends.tensorrt.preflight import PreflightReport
     package = tiny_package(str(tmp_path / "hs"), extra="HardSwish", opset=14)
     with doubles("8.2", NANO) as trt:
         # Without the preflight (e.g. no onnx package), the parser itself reports the node.
-        monkeypatch.setattr(trt_build, "preflight", lambda *a, **k: trt_build.PreflightReport())
+        monkeypatch.setattr(build, "preflight", lambda *a, **k: PreflightReport())
         with pytest.raises(BackendError) as err:
-            trt_build.build_engine(package.onnx_path, trt=trt)
+            build.build_engine(package.onnx_path, trt=trt)
         text = str(err.value)
         assert "could not parse" in text
         assert "Unsupported ONNX opset 14" in text
@@ -402,7 +404,7 @@ def test_parser_errors_are_reported_per_node(tmp_path, monkeypatch):
 
 
 def test_preflight_names_what_tensorrt_82_rejects_before_building(tmp_path):
-    from agent.backends.trt_build import preflight
+    from agent.backends.tensorrt.preflight import preflight
     from onnx import TensorProto
     cases = {
         "opset": (dict(opset=14), "opset 14 is newer than TensorRT 8.2.1.8 supports"),
@@ -427,7 +429,8 @@ def test_preflight_names_what_tensorrt_82_rejects_before_building(tmp_path):
 def test_nonmaxsuppression_is_not_refused_on_82_and_the_plugins_are_initialised(tmp_path):
     """TensorRT 8.0+ imports ONNX NonMaxSuppression (experimental, as a plugin): the preflight
     lets it through on 8.2, and the build registers the plugins before parsing."""
-    from agent.backends.trt_build import build_engine, preflight
+    from agent.backends.tensorrt.build import build_engine
+    from agent.backends.tensorrt.preflight import preflight
     from trt_helpers import tiny_onnx
     path = tiny_onnx(str(tmp_path / "nms.onnx"), extra="NonMaxSuppression")
     report = preflight(path, "8.2.1.8", "5.3")
@@ -466,7 +469,7 @@ def test_preflight_failure_stops_the_build_with_the_reason(tmp_path):
 
 
 def test_preflight_skipped_politely_without_onnx(tmp_path, monkeypatch, tiny):
-    from agent.backends.trt_build import preflight
+    from agent.backends.tensorrt.preflight import preflight
     monkeypatch.setitem(sys.modules, "onnx", None)
     report = preflight(tiny.onnx_path, "8.2.1.8")
     assert not report.checked and not report.problems
@@ -575,7 +578,7 @@ def test_validation_gate_refuses_disagreeing_engine_and_remembers_it(tmp_path, e
 
 
 def test_validate_against_reference_unit():
-    from agent.validation import validate_against_reference
+    from agent.backends.validation import validate_against_reference
 
     class Fake(object):
         def __init__(self, name, fn):
@@ -599,6 +602,12 @@ def test_validate_against_reference_unit():
     nan = validate_against_reference(Fake("a", lambda t: t * np.nan), Fake("b", lambda t: t),
                                      tensors, 0.5)
     assert not nan.passed and "NaN" in nan.reason
+    # Scores shaped (frames, classes, 1, 1): the activation runs over each frame's classes, as
+    # the classifier does, not over the last axis (which would make every score 1.0).
+    nchw = [t.reshape(1, 4, 1, 1) for t in tensors]
+    flipped = validate_against_reference(Fake("a", lambda t: -t), Fake("b", lambda t: t), nchw,
+                                         0.98)
+    assert not flipped.passed and "top-1 agrees with b on 0/10 frames" in flipped.reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +704,7 @@ def test_engine_execution_without_a_current_context_fails(tmp_path, tiny):
             pycuda_double.Context.pop()
             try:
                 with pytest.raises(BackendError, match="execute_async_v3 failed"):
-                    backend._io.execute(0)
+                    backend._buffers.io.execute(0)
             finally:
                 ctx.push()
         finally:
@@ -707,9 +716,9 @@ def test_engine_execution_without_a_current_context_fails(tmp_path, tiny):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("generation,adapter", [("8.2", "BindingApiIO"), ("10.3", "TensorApiIO")])
 def test_io_adapter_errors(tmp_path, generation, adapter):
-    from agent.backends.cuda import CudaContext
-    from agent.backends.tensorrt import io_adapter
-    from agent.backends.trt_build import build_engine
+    from agent.backends.tensorrt.cuda import CudaContext
+    from agent.backends.tensorrt.io import io_adapter
+    from agent.backends.tensorrt.build import build_engine
     package = tiny_package(str(tmp_path / "dyn"), dynamic_batch=True)
     with doubles(generation, NANO) as trt:
         with CudaContext(0) as cuda:
@@ -745,7 +754,7 @@ def test_io_adapter_errors(tmp_path, generation, adapter):
 @pytest.mark.parametrize("frame_hw", [(720, 1280), (480, 640), (517, 333), (224, 224)])
 def test_kernel_geometry_matches_cpu_preprocessor(mode, size, frame_hw):
     from gpu_kernel_emulator import run_kernel
-    from agent.backends.gpu_preprocess import kernel_args
+    from agent.backends.tensorrt.gpu_preprocess import kernel_args
     from agent.store.package import InputSpec
     spec = InputSpec("input", [1, 3, 224, 224], "NCHW", "RGB", mode, size, [123.675, 116.28, 103.53],
                      [58.395, 57.12, 57.375])
@@ -761,7 +770,7 @@ def test_kernel_geometry_matches_cpu_preprocessor(mode, size, frame_hw):
 def test_kernel_geometry_wrong_clamp_would_be_caught():
     """Negative control: clamping the integer crop to the frame instead shows up."""
     from gpu_kernel_emulator import run_kernel
-    from agent.backends.gpu_preprocess import kernel_args
+    from agent.backends.tensorrt.gpu_preprocess import kernel_args
     spec = ModelPackage.load(MODEL_DIR).input
     frame = sample_frames()[0]
     args = kernel_args(spec, *frame.shape[:2])
@@ -774,7 +783,7 @@ def test_kernel_geometry_wrong_clamp_would_be_caught():
 def nvcc_only_at(monkeypatch, folder):
     """Make `folder`/nvcc (a stand-in script, or none) the only nvcc find_nvcc can see, with
     a service-like PATH (no CUDA folder on it)."""
-    from agent.backends import gpu_preprocess
+    from agent.backends.tensorrt import gpu_preprocess
     if folder is not None:
         os.makedirs(folder)
         path = os.path.join(folder, "nvcc")
@@ -875,7 +884,7 @@ def test_progress_phases(tmp_path, tiny, generation):
 
 def test_build_timer_reports_elapsed_seconds_while_building(tmp_path, tiny):
     """The timer thread reports while TensorRT is busy (the double blocks until it does)."""
-    from agent.backends.trt_build import build_engine
+    from agent.backends.tensorrt.build import build_engine
     with doubles("8.2", NANO) as trt:
         reported = threading.Event()
         original = trt.Builder.build_serialized_network
@@ -900,7 +909,8 @@ def test_build_timer_reports_elapsed_seconds_while_building(tmp_path, tiny):
 
 @pytest.mark.parametrize("generation", ["8.2", "10.3"])
 def test_profile_reports_layers_sorted_by_time(tmp_path, tiny, generation):
-    from agent.backends.tensorrt import cmd_profile, profile
+    from agent.backends.tensorrt.profile import profile
+    from agent.cli.engine import cmd_profile
     with doubles(generation, NANO):
         backend = load(tiny, options(tmp_path))
         try:
@@ -919,7 +929,7 @@ def test_profile_reports_layers_sorted_by_time(tmp_path, tiny, generation):
 
 
 def test_cmd_build_writes_engine_and_record(tmp_path, tiny):
-    from agent.backends.tensorrt import cmd_build
+    from agent.cli.engine import cmd_build
     with doubles("10.3", NANO):
         lines = []
         out = str(tmp_path / "tiny.engine")
@@ -937,7 +947,7 @@ def test_cmd_build_writes_engine_and_record(tmp_path, tiny):
 
 
 def test_cli_entry_points_without_tensorrt(tmp_path, tiny, monkeypatch):
-    from agent.backends.tensorrt import cmd_build, cmd_profile
+    from agent.cli.engine import cmd_build, cmd_profile
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     lines = []
     assert cmd_build(tiny.onnx_path, "fp16", None, None, 64, 1, None, str(tmp_path),
@@ -952,8 +962,8 @@ def test_package_imports_without_tensorrt_pycuda_or_onnx():
     code = ("import sys\n"
             "for name in ('tensorrt', 'pycuda', 'pycuda.driver', 'onnx'):\n"
             "    sys.modules[name] = None\n"
-            "import agent.backends.tensorrt as t, agent.backends.trt_build, "
-            "agent.backends.cuda, agent.backends.gpu_preprocess, agent.validation\n"
+            "import agent.backends.tensorrt as t, agent.backends.tensorrt.build, "
+            "agent.backends.tensorrt.profile, agent.backends.validation, agent.cli.engine\n"
             "from agent.backends.base import BackendOptions\n"
             "from agent.store.package import ModelPackage\n"
             "p = ModelPackage.load('models/efficientnet_lite0')\n"
@@ -970,9 +980,9 @@ def test_python36_compatible():
     vermin = os.path.join(os.path.dirname(sys.executable), "vermin")
     if not os.path.exists(vermin):
         pytest.skip("vermin is not installed in this environment")
-    files = [os.path.join(ROOT, "agent", "backends", n) for n in
-             ("cuda.py", "gpu_preprocess.py", "tensorrt.py", "trt_build.py", "trt_io.py")]
-    files.append(os.path.join(ROOT, "agent", "validation.py"))
+    files = [os.path.join(ROOT, "agent", "backends", "tensorrt"),
+             os.path.join(ROOT, "agent", "backends", "validation.py"),
+             os.path.join(ROOT, "agent", "cli", "engine.py")]
     out = subprocess.run([vermin, "-q", "--no-tips", "--violations", "-t=3.6-"] + files,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          universal_newlines=True)
@@ -983,7 +993,7 @@ def test_python36_compatible():
 # The doubles are as strict as the real libraries (so the tests above can fail)
 # ---------------------------------------------------------------------------------------------
 def test_pycuda_double_needs_init_before_any_driver_call():
-    from agent.backends.cuda import CudaContext
+    from agent.backends.tensorrt.cuda import CudaContext
     with doubles("10.3", NANO):
         drv = sys.modules["pycuda.driver"]
         for call in (drv.Device.count, lambda: drv.Device(0)):
@@ -995,7 +1005,7 @@ def test_pycuda_double_needs_init_before_any_driver_call():
 
 
 def test_async_copies_are_not_visible_before_the_stream_is_synchronised():
-    from agent.backends.cuda import CudaContext
+    from agent.backends.tensorrt.cuda import CudaContext
     with doubles("10.3", NANO):
         with CudaContext(0) as cuda:
             host = cuda.pinned((4,), np.float32)
@@ -1014,11 +1024,12 @@ def test_async_copies_are_not_visible_before_the_stream_is_synchronised():
 def test_engine_execution_results_appear_only_after_synchronize(tmp_path, tiny):
     for generation in ("8.2", "10.3"):
         with doubles(generation, NANO):
-            backend = load(tiny, options(tmp_path / generation, validate={"frames": 0}))
+            backend = load(tiny, options(tmp_path / generation,
+                                         validate=ValidationPolicy(frames=0)))
             try:
-                cuda, io = backend._cuda, backend._io
-                inp = backend._buffers["input"]
-                out = backend._buffers["logits"]
+                cuda, io = backend._cuda, backend._buffers.io
+                inp = backend._buffers.by_name["input"]
+                out = backend._buffers.by_name["logits"]
                 inp.host[:] = 0.5
                 out.host[:] = 7.0
                 cuda.htod_async(inp.device, inp.host)
@@ -1032,8 +1043,8 @@ def test_engine_execution_results_appear_only_after_synchronize(tmp_path, tiny):
 
 
 def test_deserialisation_and_context_creation_need_a_current_context(tmp_path, tiny):
-    from agent.backends.cuda import CudaContext
-    from agent.backends.trt_build import build_engine
+    from agent.backends.tensorrt.cuda import CudaContext
+    from agent.backends.tensorrt.build import build_engine
     with doubles("10.3", NANO) as trt:
         with CudaContext(0):
             data = build_engine(tiny.onnx_path, precision="fp32", trt=trt).data
@@ -1073,7 +1084,7 @@ def test_network_creation_flags_per_generation(tmp_path, tiny, generation, expli
 
 def test_dla_engine_needs_the_runtimes_dla_core(tmp_path, tiny):
     """TensorRT 8+ leaves IRuntime's DLA core at -1: the agent sets it for a DLA engine."""
-    from agent.backends.cuda import CudaContext
+    from agent.backends.tensorrt.cuda import CudaContext
     with doubles("8.2", XAVIER) as trt:
         backend = load(tiny, options(tmp_path, dla_core=1))
         try:
@@ -1093,7 +1104,7 @@ def test_dla_engine_needs_the_runtimes_dla_core(tmp_path, tiny):
 
 def test_gpu_name_and_compute_capability_come_from_cuda_without_nvml(monkeypatch):
     """A Jetson has no NVML: the fingerprint asks the CUDA driver (pycuda)."""
-    from agent.fingerprint import gpu_info
+    from agent.environment import gpu_info
     monkeypatch.setitem(sys.modules, "pynvml", None)
     with doubles("8.2", TX2):
         info = gpu_info()
@@ -1103,3 +1114,21 @@ def test_gpu_name_and_compute_capability_come_from_cuda_without_nvml(monkeypatch
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     monkeypatch.setitem(sys.modules, "pycuda", None)
     assert gpu_info() == {}
+
+
+def test_the_fallback_chain_follows_the_backend_registry(monkeypatch):
+    from agent.backends import plan_chain
+
+    def chain(**kw):
+        return [(kind, opts.precision) for kind, opts in plan_chain(BackendOptions(**kw))]
+
+    with doubles("8.2", NANO):
+        assert chain(kind="auto", precision="int8") == [
+            ("tensorrt", "int8"), ("tensorrt", "fp32"), ("onnxruntime", "int8")]
+        assert chain(kind="auto", precision="fp32") == [("tensorrt", "fp32"),
+                                                        ("onnxruntime", "fp32")]
+        assert chain(kind="onnxruntime", precision="fp16") == [("onnxruntime", "fp16")]
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert chain(kind="auto", precision="fp16") == [("onnxruntime", "fp16")]
+    assert chain(kind="tensorrt", precision="fp16") == [
+        ("tensorrt", "fp16"), ("tensorrt", "fp32"), ("onnxruntime", "fp16")]

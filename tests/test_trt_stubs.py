@@ -1,8 +1,8 @@
 """The TensorRT 10 surface: the double and our tensor-API code against `tensorrt-stubs`.
 
 (a) Every public attribute the 10.x double exposes exists in the stubs, so tests cannot pass on
-an API that TensorRT 10 does not have. (b) mypy type-checks agent/backends/trt_io.py (the
-tensor-API adapter) against the stubs. Skipped with a reason when the stubs or mypy are
+an API that TensorRT 10 does not have. (b) mypy type-checks agent/backends/tensorrt/io.py (the
+I/O adapters) against the stubs. Skipped with a reason when the stubs or mypy are
 missing. The stubs are found via $TENSORRT_STUBS_DIR, then .venv/trt-stubs (install with
 `pip install --no-deps --target .venv/trt-stubs tensorrt-stubs`: installing them into
 site-packages would make `import tensorrt` succeed as an empty namespace package), then
@@ -186,7 +186,8 @@ def _mypy(parseable_stubs, target, tmp_path):
 
 @needs_stubs
 def test_tensor_api_adapter_type_checks_against_tensorrt_10_stubs(parseable_stubs, tmp_path):
-    errors = _mypy(parseable_stubs, os.path.join("agent", "backends", "trt_io.py"), tmp_path)
+    target = os.path.join("agent", "backends", "tensorrt", "io.py")
+    errors = _mypy(parseable_stubs, target, tmp_path)
     assert errors == []
 
 
@@ -246,8 +247,11 @@ def test_8x_surface_lists_hold_nothing_from_later_tensorrt():
 def test_what_the_agent_uses_is_in_the_8x_surface_and_in_its_code(generation):
     surface, module_names, uses = _GENERATIONS[generation]
     source = ""
-    for name in ("tensorrt.py", "trt_build.py", "trt_io.py"):
-        with open(os.path.join(ROOT, "agent", "backends", name)) as handle:
+    folder = os.path.join(ROOT, "agent", "backends", "tensorrt")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as handle:
             source += handle.read()
     for cls, names in uses.items():
         assert names <= surface[cls], (cls, sorted(names - surface[cls]))

@@ -154,7 +154,7 @@ def sample_frames() -> List[np.ndarray]:
 def register_kernel_emulator() -> None:
     """Let the pycuda double 'run' the preprocessing kernel via the numpy transcription."""
     from gpu_kernel_emulator import run_kernel
-    from agent.backends.gpu_preprocess import KERNEL_NAME, KernelArgs
+    from agent.backends.tensorrt.gpu_preprocess import KERNEL_NAME, KernelArgs
 
     def launch(args: Any, block: Any, grid: Any) -> None:
         src_ptr, pitch, dst_ptr = int(args[0]), int(args[1]), int(args[2])

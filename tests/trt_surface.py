@@ -83,7 +83,7 @@ SURFACE_85.update({
 })
 MODULE_85 = set(MODULE_82)
 
-# What agent/backends/{tensorrt,trt_build,trt_io}.py touch, per generation (read from the code;
+# What agent/backends/tensorrt/*.py touch, per generation (read from the code;
 # test_trt_stubs.py checks each is in the surface above).
 AGENT_USES_82 = {
     "Builder": {"build_serialized_network", "create_builder_config", "create_network",

@@ -1,54 +1,57 @@
-"""Inference backends and the choice between them.
+"""Inference backends: the registry of them and the fallback chain between them.
 
-`open_backend` walks the degradation chain and says why it stepped down:
-TensorRT at the asked precision -> TensorRT fp32 -> ONNX Runtime. Keeping the previous model
-when even that fails is the caller's job (it still holds the old backend).
+A backend is one module with one `Backend` subclass (see base.py) and one line in BACKENDS,
+best first. `open_backend` walks the chain for the configured `backend.kind` and says why it
+stepped down: TensorRT at the asked precision -> TensorRT fp32 -> ONNX Runtime. Keeping the
+previous model when even that fails is the caller's job (it still holds the old backend).
 """
 
+import importlib
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import AgentError, BackendError
 from ..store.package import ModelPackage
-from .base import Backend, BackendOptions
+from .base import PRECISIONS, Backend, BackendOptions, Progress
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "tensorrt", "onnxruntime")
+# kind -> (module in this package, Backend subclass), best first. The last one is the
+# reference every chain ends with (and the validation gate compares against).
+BACKENDS = (
+    ("tensorrt", "tensorrt", "TensorRTBackend"),
+    ("onnxruntime", "onnxruntime", "OnnxRuntimeBackend"),
+)
+# backend.kind: "auto" takes the best backend whose library is installed.
+KINDS = ("auto",) + tuple(kind for kind, _, _ in BACKENDS)
 
-# progress(phase, fraction or None, detail)
-Progress = Callable[[str, Optional[float], str], None]
-
-
-def tensorrt_available() -> bool:
-    try:
-        import tensorrt
-    except Exception:
-        return False
-    # Type stubs (tensorrt-stubs) also import as `tensorrt`, but without a Builder.
-    return hasattr(tensorrt, "Builder")
+__all__ = ["BACKENDS", "KINDS", "PRECISIONS", "Backend", "BackendOptions", "open_backend",
+           "plan_chain", "Progress"]
 
 
-def _make(kind: str, package: ModelPackage, options: BackendOptions,
-          progress: Optional[Progress]) -> Backend:
-    if kind == "tensorrt":
-        from .tensorrt import TensorRTBackend
-        return TensorRTBackend(package, options, progress=progress).load()
-    from .onnxruntime import OnnxRuntimeBackend
-    return OnnxRuntimeBackend(package, options).load()
+def backend_class(kind: str) -> type:
+    for name, module, cls in BACKENDS:
+        if name == kind:
+            return getattr(importlib.import_module("." + module, __name__), cls)
+    raise BackendError("backend.kind: {!r} is not one of {}".format(kind, ", ".join(KINDS)))
 
 
 def plan_chain(options: BackendOptions) -> List[Tuple[str, BackendOptions]]:
-    """The (kind, options) attempts for the configured backend, best first."""
-    kind = options.kind
-    if kind == "onnxruntime":
-        return [("onnxruntime", options)]
-    if kind == "auto" and not tensorrt_available():
-        return [("onnxruntime", options)]
-    chain = [("tensorrt", options)]
-    if options.precision != "fp32":
-        chain.append(("tensorrt", options.copy(precision="fp32")))
-    chain.append(("onnxruntime", options))
+    """The (kind, options) attempts for the configured backend, best first.
+
+    From the configured kind (under "auto", the best one whose library imports) down the
+    registry; a backend with reduced-precision modes is tried again at fp32 before the next.
+    """
+    kinds = [kind for kind, _, _ in BACKENDS]
+    if options.kind == "auto":
+        kinds = [kind for kind in kinds if backend_class(kind).available()] or kinds[-1:]
+    else:
+        kinds = kinds[kinds.index(options.kind):] if options.kind in kinds else [options.kind]
+    chain = []  # type: List[Tuple[str, BackendOptions]]
+    for kind in kinds:
+        chain.append((kind, options))
+        if backend_class(kind).precisions != ("fp32",) and options.precision != "fp32":
+            chain.append((kind, options.copy(precision="fp32")))
     return chain
 
 
@@ -59,11 +62,11 @@ def open_backend(package: ModelPackage, options: BackendOptions,
     last_error = None  # type: Optional[Exception]
     for kind, opts in plan_chain(options):
         try:
-            backend = _make(kind, package, opts, progress)
+            backend = backend_class(kind)(package, opts, progress=progress).load()
         except AgentError as exc:
             last_error = exc
-            reasons.append("{} {} failed: {}".format(kind, opts.precision if kind == "tensorrt"
-                                                     else "", exc).replace("  ", " "))
+            precision = opts.precision if backend_class(kind).precisions != ("fp32",) else ""
+            reasons.append("{} {} failed: {}".format(kind, precision, exc).replace("  ", " "))
             log.warning("backend %s (%s) unavailable for %s: %s", kind, opts.precision,
                         package.ref, exc)
             continue

@@ -47,28 +47,11 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("model {}: ONNX Runtime cannot load {}: {}".format(
                 self.package.ref, path, str(exc).strip().splitlines()[0] if str(exc) else exc))
         inputs = self._session.get_inputs()
-        if len(inputs) != 1:
-            raise BackendError("model {}: has {} inputs; image classification models take "
-                               "exactly one".format(self.package.ref, len(inputs)))
-        graph_input = inputs[0]
-        want = list(self.package.input.shape)
-        have = list(graph_input.shape)
-        if len(have) != len(want) or any(isinstance(h, int) and h != w
-                                          for h, w in zip(have, want)):
-            raise BackendError("model {}: the ONNX input {!r} has shape {} but the manifest says "
-                               "{}; fix input.shape in model.yaml".format(
-                                   self.package.ref, graph_input.name, have, want))
-        if graph_input.type != "tensor(float)":
-            raise BackendError("model {}: input {!r} is {}; the agent feeds float32 "
-                               "(re-export the model with a float input)".format(
-                                   self.package.ref, graph_input.name, graph_input.type))
-        self.input_name = graph_input.name
-        self.output_names = [o.name for o in self._session.get_outputs()]
-        wanted = self.package.output.name
-        if wanted and wanted not in self.output_names:
-            raise BackendError("model {}: output {!r} named in the manifest is not in the model "
-                               "(outputs: {})".format(self.package.ref, wanted,
-                                                      ", ".join(self.output_names)))
+        first = inputs[0] if inputs else None
+        self._adopt_io("ONNX model", [i.name for i in inputs], first.shape if first else [],
+                       first is not None and first.type == "tensor(float)",
+                       first.type if first else "", [o.name for o in self._session.get_outputs()],
+                       check_batch=True)
         self.providers = self._session.get_providers()
         self.precision = "fp32"
 

@@ -87,7 +87,7 @@ def _install(store: Any, args: argparse.Namespace, config: Config, out: Any) -> 
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..backends.tensorrt import cmd_build as build
+    from .engine import cmd_build as build
     return build(args.onnx, precision=args.precision, calib_dir=args.calib, out=args.out,
                  workspace_mb=args.workspace_mb, max_batch=args.max_batch,
                  dla_core=args.dla_core, state_dir=args.state_dir, log=print)
@@ -95,7 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..app import backend_options
-    from ..backends.tensorrt import cmd_profile as profile
+    from .engine import cmd_profile as profile
     from .bench import resolve_package
     config = config_from_args(args)
     package = resolve_package(config, args.model)

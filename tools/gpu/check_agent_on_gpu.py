@@ -1,7 +1,8 @@
 """GPU check of the whole agent: REAL pycuda, REAL NVML, the TensorRT TEST DOUBLE.
 
-No TensorRT exists on the GPU machine; tests/doubles/trt_double.py stands in for it (it runs the
-ONNX model with ONNX Runtime on the CPU, reading and writing real device memory through pycuda).
+No TensorRT exists on the GPU machine; the double named with `--trt-double tests/doubles` stands
+in for it there (it runs the ONNX model with ONNX Runtime on the CPU, reading and writing real
+device memory through pycuda).
 What this checks for real, in the agent's own threads:
 - the engine loaded by the main thread, served by the inference thread with GPU preprocessing
   (one CUDA kernel per 1280x720 frame) through `release_thread()`;
@@ -10,7 +11,8 @@ What this checks for real, in the agent's own threads:
 - telemetry with NVML power and the trapezoid energy per inference from the sampler;
 - no CUDA context left current anywhere at the end.
 
-    python3 tools/gpu/check_agent_on_gpu.py [--frames 300] [--out result.json]
+    python3 tools/gpu/check_agent_on_gpu.py [--trt-double tests/doubles] [--frames 300]
+        [--out result.json]
 """
 
 import argparse
@@ -23,18 +25,20 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests", "doubles"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import trt_choice  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out", default=None)
+    trt_choice.add_argument(parser)
     args = parser.parse_args()
     import pycuda.driver as drv
     drv.init()
-    import trt_double
-    trt_double.install("10.3")  # GPU facts read from the real device through pycuda
+    print("TensorRT:", trt_choice.install(args.trt_double))
     from agent.app import Agent
     from agent.cli.bench import LocalSink
     from agent.config import load_config

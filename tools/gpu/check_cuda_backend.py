@@ -23,8 +23,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from agent.backends.cuda import CudaContext  # noqa: E402
-from agent.backends.gpu_preprocess import GpuPreprocessor, kernel_args  # noqa: E402
+from agent.backends.tensorrt.cuda import CudaContext  # noqa: E402
+from agent.backends.tensorrt.gpu_preprocess import GpuPreprocessor, kernel_args  # noqa: E402
 from agent.errors import BackendError  # noqa: E402
 from agent.store.package import InputSpec, ModelPackage  # noqa: E402
 from agent.preprocess import Preprocessor  # noqa: E402

@@ -77,7 +77,7 @@ def load_frames(path):
 def record(path, frames_path):
     """The installed cv2's resized images of the frames in `frames_path` (made if absent)."""
     import cv2
-    from agent.backends.gpu_preprocess import opencv_warp_fixed
+    from agent.backends.tensorrt.gpu_preprocess import opencv_warp_fixed
     if not os.path.exists(frames_path):
         stored = {}
         for fi, (fname, frame) in enumerate(frames()):
@@ -95,8 +95,8 @@ def record(path, frames_path):
 
 def check_worker(ref_paths, frames_path, result):
     import cv2
-    from agent.backends.cuda import CudaContext
-    from agent.backends.gpu_preprocess import (GpuPreprocessor, find_nvcc, kernel_args,
+    from agent.backends.tensorrt.cuda import CudaContext
+    from agent.backends.tensorrt.gpu_preprocess import (GpuPreprocessor, find_nvcc, kernel_args,
                                                opencv_warp_fixed)
     result["nvcc"] = find_nvcc()
     result["path"] = os.environ.get("PATH", "")

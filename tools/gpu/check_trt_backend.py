@@ -1,12 +1,13 @@
 """GPU check of TensorRTBackend's CUDA path with REAL pycuda and the TensorRT TEST DOUBLE.
 
-No TensorRT can be had on the GPU machine, so the engine is tests/doubles/trt_double.py (it
-runs the ONNX model with ONNX Runtime on the CPU, reading and writing real device memory through
-real pycuda). What this checks for real: the backend's context in a worker thread, pinned and
-device buffers, one stream, async copies, the GPU preprocessing kernel writing straight into the
-engine's input buffer (`infer_frame`), and close() leaving no context current.
+No TensorRT can be had on the GPU machine, so the engine there is the TensorRT double named with
+`--trt-double tests/doubles` (it runs the ONNX model with ONNX Runtime on the CPU, reading and
+writing real device memory through real pycuda). What this checks for real: the backend's
+context in a worker thread, pinned and device buffers, one stream, async copies, the GPU
+preprocessing kernel writing straight into the engine's input buffer (`infer_frame`), and
+close() leaving no context current.
 
-    python3 tools/gpu/check_trt_backend.py [--out result.json]
+    python3 tools/gpu/check_trt_backend.py [--trt-double tests/doubles] [--out result.json]
 """
 
 import argparse
@@ -21,14 +22,15 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests", "doubles"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import trt_choice  # noqa: E402
 
 
-def worker(result, state_dir):
+def worker(result, state_dir, trt_double_dir):
     import cv2
     import pycuda.driver as drv
-    import trt_double
-    trt_double.install("10.3")  # GPU facts read from the real device through pycuda
+    result["tensorrt"] = trt_choice.install(trt_double_dir)
     from agent.backends.base import BackendOptions
     from agent.backends.onnxruntime import OnnxRuntimeBackend
     from agent.backends.tensorrt import TensorRTBackend
@@ -84,6 +86,7 @@ def worker(result, state_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
+    trt_choice.add_argument(parser)
     args = parser.parse_args()
     import pycuda.driver as drv
     drv.init()
@@ -93,7 +96,7 @@ def main():
 
     def run():
         try:
-            worker(result, state_dir)
+            worker(result, state_dir, args.trt_double)
         except BaseException:
             failure.append(traceback.format_exc())
 

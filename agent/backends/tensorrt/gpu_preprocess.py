@@ -34,9 +34,9 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendError
-from ..store.package import InputSpec
-from ..preprocess import plan_resize
+from ...errors import BackendError
+from ...store.package import InputSpec
+from ...preprocess import Preprocessor, plan_resize
 
 KERNEL_NAME = "preprocess_bgr8"
 
@@ -277,8 +277,8 @@ def kernel_args(spec: InputSpec, frame_h: int, frame_w: int,
 class GpuPreprocessor(object):
     """Uploads a frame and runs the preprocessing kernel into a device buffer, on one stream.
 
-    `cuda` is an open `agent.backends.cuda.CudaContext`; all buffers belong to it. A frame
-    written into `host_frame(h, w)` (e.g. by the capture code) skips one host copy.
+    `cuda` is an open `agent.backends.tensorrt.cuda.CudaContext`; all buffers belong to it. A
+    frame written into `host_frame(h, w)` (e.g. by the capture code) skips one host copy.
     """
 
     BLOCK = (32, 8, 1)
@@ -351,6 +351,30 @@ class GpuPreprocessor(object):
         self._kernel.prepared_async_call(grid, self.BLOCK, self.cuda.stream,
                                          _address(src_ptr), int(src_pitch), _address(dst_ptr),
                                          *args.values())
+
+
+def checked_gpu_preprocessor(cuda: Any, spec: InputSpec) -> GpuPreprocessor:
+    """A GpuPreprocessor that matched the CPU Preprocessor on a test frame, else BackendError.
+
+    The kernel runs once on a random frame; up to one uint8 level of difference (rounding in
+    cv2's fixed-point resize) is accepted.
+    """
+    pre = GpuPreprocessor(cuda, spec)
+    rng = np.random.RandomState(7)
+    frame = rng.randint(0, 256, size=(120, 160, 3)).astype(np.uint8)
+    count = int(np.prod(spec.shape[1:]))
+    host = cuda.pinned((count,), np.float32)
+    device = cuda.device_alloc(host.nbytes)
+    pre.run(frame, int(device))
+    cuda.dtoh_async(host, device)
+    cuda.synchronize()
+    want = Preprocessor(spec)(frame)[0].ravel()
+    worst = float(np.max(np.abs(host - want)))
+    tolerance = 1.01 / min(spec.std) + 1e-4
+    if not np.isfinite(worst) or worst > tolerance:
+        raise BackendError("the GPU kernel differs from the CPU preprocessing by {:.4g} (allowed "
+                           "{:.4g})".format(worst, tolerance))
+    return pre
 
 
 def _address(buf: Any) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendError
+from ...errors import BackendError
 
 
 def pycuda_install_hint() -> str:

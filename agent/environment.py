@@ -1,4 +1,8 @@
-"""The environment fingerprint published on the retained `info` topic and shown by `check`."""
+"""The device's environment: board, L4T, CUDA, GPU, power mode and library versions.
+
+`fingerprint()` is what the retained `info` topic publishes and `check` shows. (The engine
+cache has its own fingerprint, of what one engine depends on: backends/tensorrt/engine_cache.py.)
+"""
 
 import os
 import platform
