@@ -106,7 +106,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Agent
+    from .daemon import Agent
     from .systemd import Notifier
     config = _load_config(args)
     _setup_logging(config.logging.level)

@@ -20,13 +20,14 @@ from typing import Any, Dict, List, Optional
 
 
 from . import __version__
-from .app import Agent, backend_options, find_bundled_package
+from .daemon import Agent
 from .backends import open_backend
 from .config import Config, load_config
 from .package import ModelPackage
 from .preprocess import Preprocessor
 from .sources import source_from_config
 from .telemetry import percentiles
+from .updates.loader import backend_options, find_bundled_package
 
 
 class LocalSink(object):

@@ -139,7 +139,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace, config: Config) -> int:
-    from .app import backend_options
+    from .updates.loader import backend_options
     from .backends.tensorrt import cmd_profile as profile
     from .bench import resolve_package
     package = resolve_package(config, args.model)

@@ -218,7 +218,7 @@ def test_a_first_tensorrt_build_longer_than_the_start_timeout_does_not_fail_the_
     sock_dir = tempfile.mkdtemp(prefix="edge-start-", dir="/tmp")  # AF_UNIX path limit
     job = StartJob(os.path.join(sock_dir, "notify"), timeout_start_s)
     with doubles("8.2"):
-        from agent.app import Agent
+        from agent.daemon import Agent
         config = load_config(os.path.join(ROOT, "config.yaml"), [
             "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=slowbuild",
             "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",

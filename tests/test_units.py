@@ -322,7 +322,7 @@ def test_frame_slot_file_mode_hands_over_every_frame():
 
 def test_backend_spin_is_off_unless_asked():
     requires("onnxruntime")
-    from agent.app import backend_options
+    from agent.updates.loader import backend_options
     from agent.backends.onnxruntime import OnnxRuntimeBackend
     assert backend_options(load_config(None)).spin is False
     assert backend_options(load_config(None, ["backend.spin=true"])).spin is True
