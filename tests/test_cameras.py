@@ -622,7 +622,7 @@ class FlakyCamera(CameraSource):
 
 def test_agent_in_process_goes_degraded_and_back_when_the_camera_fails(broker, recorder,
                                                                        tmp_path):
-    from agent.app import Agent
+    from agent.daemon import Agent
     from agent.config import load_config
     register_scheme("flaky", lambda uri, parts, base_dir, **kw: FlakyCamera(uri, **kw))
     FlakyCamera.opens = 0

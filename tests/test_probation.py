@@ -1,13 +1,15 @@
-"""The probation of a newly activated model (class Probation and Agent._probation_result in
-agent/app.py): failed frames, NaN/Inf outputs, the latency factor, the end of the frame budget,
-and the automatic rollback it asks the model manager for."""
+"""The probation of a newly activated model (Probation and ProbationWatch in
+agent/updates/probation.py, armed by Agent.activate_backend in agent/daemon.py): failed frames,
+NaN/Inf outputs, the latency factor, the end of the frame budget, and the automatic rollback
+the agent asks the model manager for."""
 
 import os
 import re
 
 import pytest
 
-from agent.app import Agent, Probation
+from agent.daemon import Agent
+from agent.updates.probation import Probation
 from conftest import ROOT
 
 
@@ -158,32 +160,39 @@ class Model(object):
     def __init__(self, ref):
         self.ref = ref
 
+    def describe(self):
+        return {"name": self.ref.split("@")[0], "version": self.ref.split("@")[1]}
+
 
 @pytest.fixture
 def agent(tmp_path):
+    """The agent's own wiring (its ProbationWatch rolls back through its model manager),
+    without threads: the link records, the manager records."""
     from agent.config import load_config
     config = load_config(os.path.join(ROOT, "config.yaml"), [
         "device.id=probation-unit", "device.state_dir=" + str(tmp_path / "state"),
         "updates.probation_frames=5", "updates.max_latency_factor=2"])
     a = Agent(config, link=Link())
+    a.health.attach(a.link)
     a.manager = Manager()
     return a
 
 
 def arm(agent, ref="tiny@2", previous="tiny@1", frames=5, baseline=None):
-    agent._probation = Probation(ref, previous, frames, baseline,
-                                 agent.config.updates.max_latency_factor)
+    agent.probation.current = Probation(ref, previous, frames, baseline,
+                                        agent.config.updates.max_latency_factor)
 
 
 def test_failed_frames_roll_back_through_the_manager(agent):
     arm(agent)
-    new = Model("tiny@2")
-    agent._probation_result(new, False, None, "CUDA error")
-    agent._probation_result(new, False, None, "CUDA error")
+    result = agent.probation.result
+    result("tiny@2", False, None, "CUDA error")
+    result("tiny@2", False, None, "CUDA error")
     assert agent.manager.commands() == []
-    agent._probation_result(new, False, None, "model output has NaN")
+    result("tiny@2", False, None, "model output has NaN")
     commands = agent.manager.commands()
     assert [c.name for c in commands] == ["model/rollback"]
+    assert [(name, kw) for name, _, kw in agent.manager.calls] == [("submit", {"urgent": True})]
     assert re.match(r"^auto-rollback-[0-9a-f]{8}$", commands[0].request_id)
     events = agent.link.events()
     assert len(events) == 1
@@ -192,41 +201,38 @@ def test_failed_frames_roll_back_through_the_manager(agent):
     assert event["request_id"] == commands[0].request_id
     assert event["error"] == "3 of its first 3 frames failed (last: model output has NaN)"
     assert "tiny@2 failed probation; returning to tiny@1" in event["detail"]
-    assert agent._probation is None
+    assert agent.probation.current is None
     # Later failures of the same model do not ask for a second rollback.
-    agent._probation_result(new, False, None, "again")
+    result("tiny@2", False, None, "again")
     assert len(agent.manager.commands()) == 1
 
 
 def test_latency_regression_rolls_back(agent):
     arm(agent, frames=3, baseline=10.0)
-    new = Model("tiny@2")
     for _ in range(3):
-        agent._probation_result(new, True, 25.0)
+        agent.probation.result("tiny@2", True, 25.0)
     assert [c.name for c in agent.manager.commands()] == ["model/rollback"]
     assert agent.link.events()[0]["error"].startswith("latency regression")
 
 
 def test_passing_probation_asks_for_nothing(agent):
     arm(agent, frames=3, baseline=10.0)
-    new = Model("tiny@2")
     for _ in range(3):
-        agent._probation_result(new, True, 12.0)
+        agent.probation.result("tiny@2", True, 12.0)
     assert agent.manager.calls == [] and agent.link.events() == []
-    assert agent._probation is None
+    assert agent.probation.current is None
     # After probation the model's times feed the next baseline.
-    agent._probation_result(new, True, 7.0)
-    assert list(agent._recent_infer) == [7.0]
+    agent.probation.result("tiny@2", True, 7.0)
+    assert list(agent.probation.recent_infer) == [7.0]
 
 
 def test_frames_of_the_old_model_do_not_count(agent):
     """Frames still in flight from the previous model neither fail nor pass the new one."""
     arm(agent, frames=2)
-    old = Model("tiny@1")
     for _ in range(5):
-        agent._probation_result(old, False, None, "old model error")
-    assert agent.manager.calls == [] and agent._probation is not None
-    assert agent._probation.seen == 0
+        agent.probation.result("tiny@1", False, None, "old model error")
+    assert agent.manager.calls == [] and agent.probation.current is not None
+    assert agent.probation.current.seen == 0
 
 
 def test_activation_arms_probation_with_the_baseline_of_the_model_before(agent):
@@ -235,18 +241,18 @@ def test_activation_arms_probation_with_the_baseline_of_the_model_before(agent):
 
     class Package(object):
         ref = "tiny@2"
-    agent.model = Model("tiny@1")
+    agent.backends.model = Model("tiny@1")
     for ms in (40.0, 1.0, 30.0, 2.0):
-        agent._probation_result(agent.model, True, ms)
+        agent.probation.result("tiny@1", True, ms)
     # Failed frames of the trusted model (no time) do not enter the baseline.
-    agent._probation_result(agent.model, False, None, "a failed frame")
-    agent._probation_result(agent.model, True, None)  # a frame without a time
-    assert sorted(agent._recent_infer) == [1.0, 2.0, 30.0, 40.0]
+    agent.probation.result("tiny@1", False, None, "a failed frame")
+    agent.probation.result("tiny@1", True, None)  # a frame without a time
+    assert sorted(agent.probation.recent_infer) == [1.0, 2.0, 30.0, 40.0]
     swapped = []
-    agent.swap_backend = lambda backend: swapped.append(backend)
+    agent.backends.swap = lambda backend: swapped.append(backend)
     agent.activate_backend(Backend(), Package())
     assert len(swapped) == 1
-    p = agent._probation
+    p = agent.probation.current
     assert (p.ref, p.previous, p.frames, p.baseline_ms, p.factor) == \
         ("tiny@2", "tiny@1", 5, 30.0, 2.0)  # the upper middle of 1, 2, 30, 40
 
@@ -254,17 +260,17 @@ def test_activation_arms_probation_with_the_baseline_of_the_model_before(agent):
 def test_no_probation_without_a_previous_model_or_with_zero_frames(agent):
     class Package(object):
         ref = "tiny@2"
-    agent.swap_backend = lambda backend: None
-    agent.model = None
+    agent.backends.swap = lambda backend: None
+    agent.backends.model = None
     agent.activate_backend(object(), Package())
-    assert agent._probation is None
-    agent.model = Model("tiny@1")
+    assert agent.probation.current is None
+    agent.backends.model = Model("tiny@1")
     agent.config.updates.probation_frames = 0
     agent.activate_backend(object(), Package())
-    assert agent._probation is None
+    assert agent.probation.current is None
     agent.config.updates.probation_frames = 1
     agent.activate_backend(object(), Package())
-    assert agent._probation is not None and agent._probation.frames == 1
+    assert agent.probation.current is not None and agent.probation.current.frames == 1
 
 
 def test_a_failed_swap_disarms_probation(agent):
@@ -273,9 +279,8 @@ def test_a_failed_swap_disarms_probation(agent):
 
     def fail(backend):
         raise RuntimeError("swap failed")
-    agent.model = Model("tiny@1")
-    agent.swap_backend = fail
+    agent.backends.model = Model("tiny@1")
+    agent.backends.swap = fail
     with pytest.raises(RuntimeError):
         agent.activate_backend(object(), Package())
-    assert agent._probation is None
-
+    assert agent.probation.current is None

@@ -302,7 +302,7 @@ class VanishingCamera(object):
 
 def test_camera_disappears_events_say_so_and_serving_resumes(broker, recorder, tmp_path):
     from agent import sources
-    from agent.app import Agent
+    from agent.daemon import Agent
     from agent.config import load_config
     state = {"absent": 0, "opens": 0, "reads": 0}
 

@@ -434,23 +434,29 @@ def test_messages_from_an_earlier_run_follow_the_adopted_ones(tmp_path):
 
 
 def test_agent_starts_when_the_spool_cannot_be_opened(tmp_path):
-    """The Agent itself (no broker needed): degraded with the reason, recovered after."""
-    from agent.app import Agent
+    """The agent's link and spool watch (no broker needed): degraded with the reason,
+    recovered after."""
+    from agent.daemon import Agent
     from agent.config import load_config
+    from agent.uplink import SpoolWatch, open_link
     state = tmp_path / "s"
     (state / "spool.db").mkdir(parents=True)
     config = load_config(None, ["device.state_dir={}".format(state), "device.id=t",
                                 "mqtt.port=1"])
     agent = Agent(config, telemetry=False)
-    agent._start_link()
+    link = open_link(config, agent.device_id, agent.state_dir, agent.handle_command)
+    agent.health.attach(link)
+    link.start()
+    problems = agent.health.problems
     try:
-        assert "spool" in agent.problems and "is a directory" in agent.problems["spool"]
-        agent.link.publish("events", {"n": 1}, kind="event")
+        watch = SpoolWatch(link.spool, agent.health.problem)
+        assert "spool" in problems and "is a directory" in problems["spool"]
+        link.publish("events", {"n": 1}, kind="event")
         (state / "spool.db").rmdir()
-        agent._spool_retry_at = 0.0
-        agent._check_spool()
-        assert "spool" not in agent.problems and agent.spool.fault is None
-        assert len(agent.spool) >= 2  # status and the event, now in the file
+        watch.retry_at = 0.0
+        watch.check()
+        assert "spool" not in problems and link.spool.fault is None
+        assert len(link.spool) >= 2  # status and the event, now in the file
     finally:
-        agent.link.stop(timeout=0.1)
-        agent.spool.close()
+        link.stop(timeout=0.1)
+        link.spool.close()

@@ -219,7 +219,7 @@ def test_a_first_tensorrt_build_longer_than_the_start_timeout_does_not_fail_the_
     sock_dir = tempfile.mkdtemp(prefix="edge-start-", dir="/tmp")  # AF_UNIX path limit
     job = StartJob(os.path.join(sock_dir, "notify"), timeout_start_s)
     with doubles("8.2"):
-        from agent.app import Agent
+        from agent.daemon import Agent
         config = load_config(os.path.join(ROOT, "config.yaml"), [
             "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=slowbuild",
             "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",
@@ -266,3 +266,60 @@ def test_a_first_tensorrt_build_longer_than_the_start_timeout_does_not_fail_the_
     after = [m for _, m in job.received[ready_at:] if "EXTEND_TIMEOUT_USEC" in m]
     assert after == [], "the start timeout was still extended after READY=1"
     assert job.received[0][1] == "EXTEND_TIMEOUT_USEC=1000000"
+
+
+def test_the_watchdog_progress_is_the_inference_loops_own():
+    """The systemd watchdog's progress (InferenceStage.beats) moves with every pass of the
+    inference loop, frames or not, and stops when that loop hangs in the backend; progress
+    reported by a model build elsewhere (ModelLoader.start_progress) does not move it."""
+    import queue
+    import threading
+
+    import numpy as np
+
+    from agent.pipeline.capture import Captured
+    from agent.pipeline.inference import BackendSlot, InferenceStage
+    from agent.sources import Frame, FrameSlot
+    from agent.telemetry import StageStats
+    from agent.updates.loader import ModelLoader
+    from conftest import wait_until
+
+    hung, release = threading.Event(), threading.Event()
+
+    class HangingBackend(object):
+        package = type("Package", (), {"ref": "hang@1"})()
+        name, precision = "double", "fp32"
+
+        def infer_frame(self, image):
+            hung.set()
+            release.wait(30)
+            return {}
+
+        def release_thread(self):
+            pass
+
+    class Model(object):
+        ref, preprocessor, backend = "hang@1", None, HangingBackend()
+
+    stop = threading.Event()
+    slot = FrameSlot(live=True)
+    backends = BackendSlot(config=None)
+    backends.model = Model()
+    stage = InferenceStage(slot, backends, queue.Queue(), StageStats(), stop)
+    thread = threading.Thread(target=stage.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: stage.beats >= 3, 10, "beats of an idle inference loop")
+        image = np.zeros((4, 4, 3), dtype=np.uint8)
+        slot.put(Captured(Frame(image, 1, time.time(), time.monotonic())), stop)
+        assert hung.wait(10), "the backend was never called"
+        beats = stage.beats
+        loader = ModelLoader(None, None, emit=lambda event: None)
+        for _ in range(20):
+            loader.start_progress("building", 0.5, "a build in another thread")
+        assert stage.beats == beats
+    finally:
+        stop.set()
+        release.set()
+        thread.join(10)
+    assert not thread.is_alive()

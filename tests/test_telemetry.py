@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from agent.app import Agent
+from agent.daemon import Agent
 from agent.config import load_config
 from conftest import ROOT
 from test_power import iio_chip, write

@@ -1,18 +1,21 @@
-"""Consecutive telemetry windows each carry their own energy (Agent.publish_telemetry with the
-energy sampler of agent/power/), never the energy since the start.
+"""Consecutive telemetry windows each carry their own energy (TelemetryReporter.publish_once
+in agent/telemetry/reporter.py with the energy sampler of agent/power/), never the energy
+since the start.
 
 Power is read from a Jetson Nano INA3221 sysfs tree in tmp_path (tests/test_power.py's
 builder, laid out as PLATFORM.md section 4 documents) by the real Ina3221IioReader, whose
 clock is a fake one so every window's joules are exact. The sampler is stepped by the test
-(no thread), and the agent publishes to a recording link instead of MQTT.
+(no thread), and the reporter publishes to a recording link instead of MQTT.
 """
 
 import os
+import threading
 
 import pytest
 
-from agent.app import Agent
 from agent.power import GpuLoadReader, Ina3221IioReader, PowerSampler, ThermalReader
+from agent.telemetry import StageStats
+from agent.telemetry.reporter import TelemetryReporter
 from conftest import ROOT
 from test_power import iio_chip
 
@@ -49,43 +52,42 @@ def setup(tmp_path):
     set_power(root, 2000, 400)
     config = load_config(os.path.join(ROOT, "config.yaml"), [
         "device.id=windows", "device.state_dir=" + str(tmp_path / "state")])
-    agent = Agent(config, link=Link(), sysfs_root=str(root))
+    link = Link()
+    reporter = TelemetryReporter(config, StageStats(), link.publish, "boot", threading.Event(),
+                                 sysfs_root=str(root))
     clock = Clock()
     reader = Ina3221IioReader(str(root), clock=clock)
-    # What Agent.start_power and the start of _telemetry_loop set up, without the threads.
-    agent.power_reader = reader
-    agent.thermal = ThermalReader(str(root))
-    agent.gpu_load = GpuLoadReader(str(root))
-    agent.sampler = PowerSampler(reader, agent.stop, sample_hz=1.0)
-    agent.sampler.sample_once()  # t = 0
-    agent._energy_start = agent.sampler.totals()
-    agent._tele_last = 0.0
-    agent._cpu_last = 0.0
-    agent._dropped_last = 0
-    return agent, clock, root
+    # What TelemetryReporter.start_power sets up, without the sampler's thread.
+    reporter.power_reader = reader
+    reporter.thermal = ThermalReader(str(root))
+    reporter.gpu_load = GpuLoadReader(str(root))
+    reporter.sampler = PowerSampler(reader, reporter.stop, sample_hz=1.0)
+    reporter.sampler.sample_once()  # t = 0
+    reporter.begin_window()
+    return reporter, clock, root, link
 
 
-def run_window(agent, clock, seconds, frames):
+def run_window(reporter, clock, seconds, frames):
     """`seconds` one-second samples at the power now in the tree, `frames` inferences."""
     for _ in range(seconds):
         clock.now += 1.0
-        agent.sampler.sample_once()
+        reporter.sampler.sample_once()
     for _ in range(frames):
-        agent.stats.record({"capture": 1.0, "preprocess": 1.0, "infer": 5.0,
+        reporter.stats.record({"capture": 1.0, "preprocess": 1.0, "infer": 5.0,
                             "postprocess": 1.0, "end_to_end": 8.0})
-    return agent.publish_telemetry()
+    return reporter.publish_once()
 
 
 def test_each_window_carries_only_its_own_joules(setup):
-    agent, clock, root = setup
-    first = run_window(agent, clock, 10, 20)            # 0..10 s at 2 W
+    reporter, clock, root, link = setup
+    first = run_window(reporter, clock, 10, 20)            # 0..10 s at 2 W
     set_power(root, 5000, 3000)
-    second = run_window(agent, clock, 4, 8)             # 10..14 s: 2 W -> 5 W, then 5 W
+    second = run_window(reporter, clock, 4, 8)             # 10..14 s: 2 W -> 5 W, then 5 W
     set_power(root, 1000, 100)
-    third = run_window(agent, clock, 2, 0)              # 14..16 s: 5 W -> 1 W, then 1 W
-    fourth = run_window(agent, clock, 0, 0)             # no new sample at all
+    third = run_window(reporter, clock, 2, 0)              # 14..16 s: 5 W -> 1 W, then 1 W
+    fourth = run_window(reporter, clock, 0, 0)             # no new sample at all
 
-    assert [t["seq"] for t in agent.link.telemetry] == [1, 2, 3, 4]
+    assert [t["seq"] for t in link.telemetry] == [1, 2, 3, 4]
     e1, e2, e3, e4 = (t["energy"] for t in (first, second, third, fourth))
     assert e1["joules"] == pytest.approx(20.0)
     assert e1["mean_w"] == pytest.approx(2.0)
@@ -114,12 +116,12 @@ def test_each_window_carries_only_its_own_joules(setup):
 
 
 def test_marginal_energy_is_per_window_against_the_idle_baseline(setup):
-    agent, clock, root = setup
-    agent.idle_w = 2.0
-    first = run_window(agent, clock, 10, 10)            # at idle: nothing marginal
+    reporter, clock, root, link = setup
+    reporter.idle_w = 2.0
+    first = run_window(reporter, clock, 10, 10)            # at idle: nothing marginal
     set_power(root, 4000, 2000)
-    run_window(agent, clock, 1, 0)                      # the 2 -> 4 W step, its own window
-    third = run_window(agent, clock, 5, 10)             # 5 s at 4 W: 10 J above idle
+    run_window(reporter, clock, 1, 0)                      # the 2 -> 4 W step, its own window
+    third = run_window(reporter, clock, 5, 10)             # 5 s at 4 W: 10 J above idle
     assert first["energy"]["marginal_joules"] == pytest.approx(0.0, abs=1e-9)
     assert third["energy"]["joules"] == pytest.approx(20.0)
     assert third["energy"]["idle_w"] == pytest.approx(2.0)
@@ -129,12 +131,12 @@ def test_marginal_energy_is_per_window_against_the_idle_baseline(setup):
 
 def test_window_sums_add_up_to_the_whole_run(setup):
     """The windows partition the run: their joules add up to the sampler's total."""
-    agent, clock, root = setup
-    start = agent.sampler.totals()
+    reporter, clock, root, link = setup
+    start = reporter.sampler.totals()
     messages = []
     for board_mw, seconds in ((3000, 3), (6000, 2), (2500, 5), (2500, 1)):
         set_power(root, board_mw, 100)
-        messages.append(run_window(agent, clock, seconds, 1))
-    total = agent.sampler.totals().since(start).joules
+        messages.append(run_window(reporter, clock, seconds, 1))
+    total = reporter.sampler.totals().since(start).joules
     assert sum(m["energy"]["joules"] for m in messages) == pytest.approx(total)
     assert len(set(round(m["energy"]["joules"], 6) for m in messages)) == 4

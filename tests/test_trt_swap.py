@@ -23,7 +23,7 @@ def test_tensorrt_swap_loses_no_frame(broker, recorder, tmp_path):
     shutil.copy(os.path.join(MODEL_DIR, "labels.txt"), str(www / "labels.txt"))
     digest = hashlib.sha256((www / "model.onnx").read_bytes()).hexdigest()
     with doubles("8.2"):
-        from agent.app import Agent
+        from agent.daemon import Agent
         config = load_config(os.path.join(ROOT, "config.yaml"), [
             "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=trt",
             "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",

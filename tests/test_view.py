@@ -333,9 +333,6 @@ def test_demo_web_view_in_chromium(demo, recorder):
 
 
 def test_view_enabled_starts_the_web_view_in_run(demo):
-    with open(os.path.join(ROOT, "agent", "app.py")) as handle:
-        if "attach_view" not in handle.read():
-            pytest.skip("agent/app.py does not call view.attach_view yet (view.enabled hook)")
     proc, base = demo("--set", "view.enabled=true", "--set", "source.uri=synthetic://?fps=10",
                       "--set", "device.id=run-view", command="run")
     wait_until(lambda: proc.proc.poll() is None and (_state(base) or {}).get("seq", 0) >= 2,

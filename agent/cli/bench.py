@@ -19,10 +19,11 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..app import Agent, backend_options, find_bundled_package
+from ..daemon import Agent
 from ..backends import open_backend
 from ..config import Config, load_config
 from ..store.package import ModelPackage
+from ..updates.loader import backend_options, find_bundled_package
 from ..power import open_power
 from ..preprocess import Preprocessor
 from ..sources import source_from_config

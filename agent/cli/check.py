@@ -186,7 +186,7 @@ def check_source(report: Report, config: Config, timeout: float = SOURCE_TIMEOUT
 
 
 def check_model(report: Report, config: Config) -> None:
-    from ..app import find_bundled_package
+    from ..updates.loader import find_bundled_package
     try:
         package = find_bundled_package(config, config.model.name)
         package.verify()

@@ -30,7 +30,7 @@ def choose_view(requested: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..app import Agent
+    from ..daemon import Agent
     from ..config import load_config
     from ..logs import configure_logging
     from ..systemd import Notifier
@@ -44,13 +44,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   notifier=Notifier(), overrides=overrides)
     agent.install_signal_handlers()
     if mode == "web":
-        from ..view import attach_view
-        server = attach_view(agent, required=True)
+        server = agent.serve_view(required=True)
         print("edge-agent demo: live view at {} (Ctrl-C to stop)".format(server.url),
               flush=True)
         return agent.run()
-    from ..view import live_view_for, run_window
-    view = live_view_for(agent)
+    from ..view import run_window
+    view = agent.live_view()
     result = []  # type: list
 
     def run_agent() -> None:

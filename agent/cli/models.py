@@ -94,7 +94,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ..app import backend_options
+    from ..updates.loader import backend_options
     from .engine import cmd_profile as profile
     from .bench import resolve_package
     config = config_from_args(args)

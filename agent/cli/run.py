@@ -7,7 +7,7 @@ from . import config_from_args
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..app import Agent
+    from ..daemon import Agent
     from ..logs import configure_logging
     from ..systemd import Notifier
     config = config_from_args(args)

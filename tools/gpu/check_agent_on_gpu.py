@@ -39,7 +39,7 @@ def main():
     import pycuda.driver as drv
     drv.init()
     print("TensorRT:", trt_choice.install(args.trt_double))
-    from agent.app import Agent
+    from agent.daemon import Agent
     from agent.cli.bench import LocalSink
     from agent.config import load_config
     from agent.store.package import ModelPackage
@@ -61,19 +61,20 @@ def main():
 
     def swapper():
         """Like the model manager: prepare a second backend here, hand it over."""
-        while agent.frames_done < args.frames // 3 and not agent.stop.is_set():
+        while (agent.inference is None or agent.inference.frames_done < args.frames // 3) \
+                and not agent.stop.is_set():
             agent.stop.wait(0.05)
         try:
             package = ModelPackage.load(os.path.join(ROOT, "models", "efficientnet_lite0"))
             t0 = time.monotonic()
-            backend = agent.prepare_backend(package, lambda *a: None)
+            backend = agent.loader.prepare(package, lambda *a: None)
             swap["prepare_s"] = round(time.monotonic() - t0, 3)
             swap["context_current_in_manager_after_release"] = \
                 drv.Context.get_current() is not None
             t0 = time.monotonic()
-            agent.swap_backend(backend)
+            agent.backends.swap(backend)
             swap["swap_s"] = round(time.monotonic() - t0, 3)
-            swap["frame_at_swap"] = agent.frames_done
+            swap["frame_at_swap"] = agent.inference.frames_done
         except Exception as exc:  # reported, the check fails
             swap["error"] = repr(exc)
 
@@ -87,7 +88,7 @@ def main():
     result.update({
         "exit_code": code, "frames": len(predictions), "wall_s": round(wall, 2),
         "errors": agent.stats.errors, "dropped": agent.slot.dropped,
-        "backend": agent.model.describe() if agent.model else None, "swap": swap,
+        "backend": agent.backends.describe(), "swap": swap,
         "max_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
         "max_gap_after_prediction": gaps.index(max(gaps)) + 1 if gaps else None,
         "largest_gaps_ms": sorted(((round(1000 * g, 1), i + 1) for i, g in enumerate(gaps)),
@@ -98,7 +99,7 @@ def main():
         "frame_seq_contiguous": seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         if seqs else None,
         "median_gap_ms": round(1000 * sorted(gaps)[len(gaps) // 2], 1) if gaps else None,
-        "idle_w": agent.idle_w,
+        "idle_w": agent.reporter.idle_w,
         "telemetry": [{k: t.get(k) for k in ("fps", "power", "energy", "gpu_load",
                                              "temperature_c", "latency_ms")}
                       for t in telemetry],

@@ -71,9 +71,8 @@ TARGETS = {
         "k": "parse or malformed or replayed",
     },
     "probation": {
-        "module": "agent/app.py",
-        "only": ["Probation", "Agent._probation_result", "Agent._infer_median",
-                 "Agent.activate_backend"],
+        "module": "agent/updates/probation.py",
+        "only": ["Probation", "ProbationWatch"],
         "tests": ["tests/test_probation.py"],
     },
 }

@@ -1,6 +1,6 @@
-"""Stage timers and latency percentiles; the telemetry message builder.
+"""Per-stage timings of the pipeline, and their latency percentiles per telemetry window.
 
-The inference thread records one sample per stage per frame; the telemetry thread takes a
+The publish thread records one sample per stage per frame; the telemetry thread takes a
 snapshot of the window and starts a new one. Percentiles are exact over the window (windows
 are small: seconds of frames).
 """
