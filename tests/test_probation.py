@@ -5,11 +5,14 @@ the agent asks the model manager for."""
 
 import os
 import re
+import threading
 
 import pytest
 
 from agent.daemon import Agent
+from agent.store.store import ModelStore
 from agent.updates.probation import Probation
+from agent.updates.worker import ModelManager
 from conftest import ROOT
 
 
@@ -127,19 +130,17 @@ def test_a_factor_other_than_three_is_used():
 # ----------------------------------------------------------------------------- the agent side
 
 
-class Manager(object):
-    """Records every command the agent hands to the model manager, by whatever method."""
+class Manager(ModelManager):
+    """The real model manager, not started: its `rollback` runs as in the agent, and what it
+    hands to the queue is recorded instead of run."""
 
-    def __init__(self):
+    def __init__(self, emit, state_dir):
+        ModelManager.__init__(self, ModelStore(state_dir), emit, prepare=None, activate=None,
+                              stop_event=threading.Event())
         self.calls = []
 
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def record(*args, **kw):
-            self.calls.append((name, args, kw))
-        return record
+    def submit(self, cmd, urgent=False):
+        self.calls.append(("submit", (cmd,), {"urgent": urgent}))
 
     def commands(self):
         return [a for _, args, _ in self.calls for a in args if hasattr(a, "name")]
@@ -174,7 +175,7 @@ def agent(tmp_path):
         "updates.probation_frames=5", "updates.max_latency_factor=2"])
     a = Agent(config, link=Link())
     a.health.attach(a.link)
-    a.manager = Manager()
+    a.manager = Manager(a.health.emit_event, str(tmp_path / "state"))
     return a
 
 
