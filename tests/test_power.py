@@ -403,14 +403,14 @@ def test_rapl_psys_is_the_total_when_present(tmp_path):
 
 def test_rapl_unreadable_counters_are_not_available(tmp_path, monkeypatch):
     rapl_tree(tmp_path)
-    real = sysfs.read_text
+    real = sysfs.read_line
 
     def deny_energy(path):
         if path.endswith("energy_uj"):
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
-    monkeypatch.setattr(sysfs, "read_text", deny_energy)
+    monkeypatch.setattr(sysfs, "read_line", deny_energy)
     with pytest.raises(PowerSourceUnavailable) as info:
         RaplReader(str(tmp_path))
     assert "root" in str(info.value) and "energy_uj" in str(info.value)

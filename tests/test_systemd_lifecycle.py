@@ -279,7 +279,7 @@ def test_the_watchdog_progress_is_the_inference_loops_own():
 
     from agent.pipeline.capture import Captured
     from agent.pipeline.inference import BackendSlot, InferenceStage
-    from agent.sources import Frame, FrameSlot
+    from agent.pipeline.frames import Frame, FrameSlot
     from agent.telemetry import StageStats
     from agent.updates.loader import ModelLoader
     from conftest import wait_until

@@ -1,16 +1,12 @@
-"""Frame and FrameSlot: what one camera image carries through the pipeline threads, and how
-the capture thread hands it to the inference thread.
+"""Frame and FrameSlot: one camera image as it goes through the pipeline threads, and the
+hand-over from the capture thread to the inference thread.
 
-A frame has one owner at a time, and only its owner writes it:
-
-  capture thread    makes the Frame and fills the capture and preprocess fields, then put()s
-                    it into the FrameSlot and never touches it again;
-  inference thread  owns it after FrameSlot.get(): may redo the preprocessing (a model swap
-                    since capture) and drops `tensor`, then queues it for the publish thread;
-  publish thread    owns it after the queue: only reads it (and hands it to listeners, which
-                    must only read it too).
-
-The slot's lock and the queue are the hand-overs, so no field needs a lock of its own.
+A Frame is written once, by the capture thread that makes it, and only read afterwards. What
+each later stage adds travels beside it in that stage's own object, written by one thread:
+pipeline/capture.py's `Captured` (the tensor and the preprocessing that made it) goes through
+the FrameSlot to the inference thread, pipeline/inference.py's `Inferred` (outputs, model,
+timings) through a queue to the publish thread. The slot's lock and the queue are the
+hand-overs, so no field needs a lock of its own.
 """
 
 import threading
@@ -20,11 +16,9 @@ import numpy as np
 
 
 class Frame(object):
-    """One captured frame and what the pipeline learns about it on its way (see the module
-    doc for which thread writes which field)."""
+    """One captured frame: written by the capture thread only, read-only once handed over."""
 
-    __slots__ = ("image", "seq", "ts", "t_capture", "name", "tensor", "prep", "capture_ms",
-                 "preprocess_ms")
+    __slots__ = ("image", "seq", "ts", "t_capture", "name", "capture_ms")
 
     def __init__(self, image: np.ndarray, seq: int, ts: float, t_capture: float,
                  name: Optional[str] = None) -> None:
@@ -34,16 +28,12 @@ class Frame(object):
         self.ts = ts                  # wall clock at capture (for messages)
         self.t_capture = t_capture    # monotonic at capture (for latency)
         self.name = name
-        self.capture_ms = 0.0
-        # Capture thread (preprocessing ahead of inference); then the inference thread, which
-        # may redo it (adding to preprocess_ms) and sets `tensor` to None once inferred.
-        self.tensor = None            # type: Optional[np.ndarray]
-        self.prep = None              # type: Any  # the Preprocessor that made `tensor`
-        self.preprocess_ms = 0.0
+        self.capture_ms = 0.0         # set by the capture thread before the hand-over
 
 
 class FrameSlot(object):
-    """Hands frames from the capture thread to the inference thread.
+    """Hands frames (the capture thread's `Captured`: a Frame and its tensor) from the capture
+    thread to the inference thread.
 
     live=True: the slot keeps only the newest frame (an unconsumed one is dropped and counted),
     so inference always works on the latest view. live=False: put() waits until the previous
@@ -53,11 +43,11 @@ class FrameSlot(object):
     def __init__(self, live: bool) -> None:
         self.live = live
         self._cond = threading.Condition()
-        self._frame = None  # type: Optional[Frame]
+        self._frame = None  # type: Any
         self._ended = False
         self.dropped = 0
 
-    def put(self, frame: Frame, stop: threading.Event) -> bool:
+    def put(self, frame: Any, stop: threading.Event) -> bool:
         with self._cond:
             if self.live:
                 if self._frame is not None:
@@ -71,7 +61,7 @@ class FrameSlot(object):
             self._cond.notify_all()
             return True
 
-    def get(self, timeout: float) -> Optional[Frame]:
+    def get(self, timeout: float) -> Any:
         """The next frame, or None after `timeout` or at the end of the stream."""
         with self._cond:
             if self._frame is None and not self._ended:

@@ -4,7 +4,7 @@ import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .readers import Clock, PowerReader, PowerReading, PowerSourceUnavailable, split_board_input
-from .sysfs import claim_name, numbered, read_number, read_text, under, unique_dirs
+from .sysfs import claim_name, numbered, read_number, read_line, under, unique_dirs
 
 
 class _Rail(object):
@@ -52,7 +52,7 @@ class _RailsReader(PowerReader):
         out = []  # type: List[Tuple[int, str]]
         for n, path in numbered(os.path.join(device, pattern), regex):
             try:
-                text = read_text(path)
+                text = read_line(path)
             except OSError:
                 continue
             if text:

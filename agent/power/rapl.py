@@ -6,7 +6,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from .readers import Clock, PowerReader, PowerReading, PowerSourceUnavailable
-from .sysfs import read_number, read_text, under
+from .sysfs import read_number, read_line, under
 
 
 class _RaplDomain(object):
@@ -52,7 +52,7 @@ class RaplReader(PowerReader):
         for path in paths:
             base = os.path.basename(path)
             try:
-                names[base] = read_text(os.path.join(path, "name"))
+                names[base] = read_line(os.path.join(path, "name"))
             except OSError:
                 names[base] = base
         for path in paths:

@@ -14,7 +14,7 @@ def under(root: str, relative: str) -> str:
     return os.path.join(root, relative)
 
 
-def read_text(path: str) -> str:
+def read_line(path: str) -> str:
     """A sysfs attribute's text; device-tree files end with NUL, which is dropped."""
     with open(path, "r", encoding="utf-8") as handle:
         return handle.read().replace("\x00", "").strip()
@@ -22,7 +22,7 @@ def read_text(path: str) -> str:
 
 def read_number(path: str) -> float:
     """The first number in a sysfs attribute (some append units, e.g. '32760 ma')."""
-    text = read_text(path)
+    text = read_line(path)
     if not text:
         raise ValueError("{}: empty".format(path))
     return float(text.split()[0])

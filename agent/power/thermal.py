@@ -5,7 +5,7 @@ import os
 from typing import Dict, List, Optional, Set, Tuple
 
 from .nvml import NvmlPowerReader
-from .sysfs import claim_name, numbered, read_number, read_text, under
+from .sysfs import claim_name, numbered, read_number, read_line, under
 
 # Device-tree names of Jetson integrated GPUs (Nano/TX2 gpu, gp10b; Xavier gv11b; Orin ga10b).
 JETSON_GPU_NODES = ("gpu", "gp10b", "gv11b", "ga10b")
@@ -24,7 +24,7 @@ class ThermalReader(object):
         for n, zone in numbered(under(root, self.PATTERN), r"thermal_zone(\d+)$"):
             temp = os.path.join(zone, "temp")
             try:
-                kind = read_text(os.path.join(zone, "type"))
+                kind = read_line(os.path.join(zone, "type"))
             except OSError:
                 continue
             if not kind or not os.path.exists(temp):
@@ -63,7 +63,7 @@ class GpuLoadReader(object):
         self.source = "none"
         for devfreq in sorted(glob.glob(under(root, self.PATTERN))):
             try:
-                node = read_text(os.path.join(devfreq, "device", "of_node", "name"))
+                node = read_line(os.path.join(devfreq, "device", "of_node", "name"))
             except OSError:
                 continue
             if node in JETSON_GPU_NODES:
