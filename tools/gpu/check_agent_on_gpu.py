@@ -1,6 +1,6 @@
 """GPU check of the whole agent: REAL pycuda, REAL NVML, the TensorRT TEST DOUBLE.
 
-No TensorRT exists on the GPU machine; the double named with `--trt-double tests/doubles` stands
+No TensorRT exists on the GPU machine; the double named with `--trt-double tests/support/doubles` stands
 in for it there (it runs the ONNX model with ONNX Runtime on the CPU, reading and writing real
 device memory through pycuda).
 What this checks for real, in the agent's own threads:
@@ -11,7 +11,7 @@ What this checks for real, in the agent's own threads:
 - telemetry with NVML power and the trapezoid energy per inference from the sampler;
 - no CUDA context left current anywhere at the end.
 
-    python3 tools/gpu/check_agent_on_gpu.py [--trt-double tests/doubles] [--frames 300]
+    python3 tools/gpu/check_agent_on_gpu.py [--trt-double tests/support/doubles] [--frames 300]
         [--out result.json]
 """
 

@@ -1,13 +1,13 @@
 """GPU check of TensorRTBackend's CUDA path with REAL pycuda and the TensorRT TEST DOUBLE.
 
 No TensorRT can be had on the GPU machine, so the engine there is the TensorRT double named with
-`--trt-double tests/doubles` (it runs the ONNX model with ONNX Runtime on the CPU, reading and
+`--trt-double tests/support/doubles` (it runs the ONNX model with ONNX Runtime on the CPU, reading and
 writing real device memory through real pycuda). What this checks for real: the backend's
 context in a worker thread, pinned and device buffers, one stream, async copies, the GPU
 preprocessing kernel writing straight into the engine's input buffer (`infer_frame`), and
 close() leaving no context current.
 
-    python3 tools/gpu/check_trt_backend.py [--trt-double tests/doubles] [--out result.json]
+    python3 tools/gpu/check_trt_backend.py [--trt-double tests/support/doubles] [--out result.json]
 """
 
 import argparse

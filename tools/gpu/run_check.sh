@@ -26,4 +26,4 @@ tail -5 "$OUT/pycuda-build.log"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/pycuda-wheel/pycuda-*.whl || exit 1
 python3 -c "import pycuda.driver as d; d.init(); print('pycuda', __import__('pycuda').VERSION_TEXT, d.Device(0).name())"
 PYTHONUNBUFFERED=1 python3 tools/gpu/check_cuda_backend.py --runs ${RUNS:-300} --out "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
-PYTHONUNBUFFERED=1 python3 tools/gpu/check_trt_backend.py --trt-double tests/doubles --out "$OUT/trt_backend.json" 2>&1 | tee "$OUT/trt_backend.txt"
+PYTHONUNBUFFERED=1 python3 tools/gpu/check_trt_backend.py --trt-double tests/support/doubles --out "$OUT/trt_backend.json" 2>&1 | tee "$OUT/trt_backend.txt"

@@ -1,7 +1,7 @@
 """Which TensorRT a GPU check runs against: the installed one, or a stand-in named by the user.
 
 The GPU machines have no TensorRT, so the checks are run there with `--trt-double DIR`, DIR
-holding a `trt_double.py` (the repository's is tests/doubles; tools do not import tests on
+holding a `trt_double.py` (the repository's is tests/support/doubles; tools do not import tests on
 their own). Without the option the installed `tensorrt` is used.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 def add_argument(parser: Any) -> None:
     parser.add_argument("--trt-double", metavar="DIR", default=None,
                         help="a folder holding trt_double.py to stand in for TensorRT 10.3 "
-                             "(e.g. tests/doubles); default: the installed tensorrt")
+                             "(e.g. tests/support/doubles); default: the installed tensorrt")
 
 
 def install(folder: Any) -> str:
@@ -23,6 +23,6 @@ def install(folder: Any) -> str:
         import tensorrt
         return "tensorrt {}".format(getattr(tensorrt, "__version__", "unknown"))
     sys.path.insert(0, os.path.abspath(folder))
-    import trt_double
+    from support.doubles import trt_double
     trt_double.install("10.3")  # GPU facts read from the real device through pycuda
     return "trt_double 10.3 from {}".format(folder)

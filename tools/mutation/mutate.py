@@ -33,20 +33,20 @@ TARGETS = {
     "spool": {
         "module": "agent/spool.py",
         "only": ["_connect", "_move_aside", "Spool"],
-        "tests": ["tests/test_spool.py", "tests/test_spool_edges.py"],
+        "tests": ["tests/unit/infra/test_spool.py", "tests/unit/infra/test_spool_edges.py"],
     },
     "atomicfile": {
         "module": "agent/atomicfile.py",
         "only": ["fsync_dir", "write_all", "atomic_file", "write_atomic", "copy_atomic"],
-        "tests": ["tests/test_atomicfile.py"],
+        "tests": ["tests/unit/store/test_atomicfile.py"],
     },
     "store": {
         "module": "agent/store/store.py",
         "only": ["ModelStore.active_ref", "ModelStore.previous_ref", "ModelStore.version_dir",
                  "ModelStore.get", "ModelStore.list", "ModelStore.activate",
                  "ModelStore.rollback", "ModelStore.remove", "ModelStore.prune"],
-        "tests": ["tests/test_models_store.py", "tests/test_atomicfile.py",
-                  "tests/test_store_edges.py"],
+        "tests": ["tests/unit/store/test_models_store.py", "tests/unit/store/test_atomicfile.py",
+                  "tests/unit/store/test_store_edges.py"],
         # The crash-at-every-step test runs ~80 s (a subprocess killed at each step): too
         # slow for a runner of ~90 mutants; the recorded-protocol tests stand in for it.
         "k": "not crash_at_every_rename",
@@ -54,26 +54,26 @@ TARGETS = {
     "store-layout": {
         "module": "agent/store/layout.py",
         "only": ["check_component", "remove_leftovers"],
-        "tests": ["tests/test_models_store.py", "tests/test_store_edges.py"],
+        "tests": ["tests/unit/store/test_models_store.py", "tests/unit/store/test_store_edges.py"],
         "k": "not crash_at_every_rename",
     },
     "store-record": {
         "module": "agent/store/record.py",
         "only": ["ActiveRecord"],
-        "tests": ["tests/test_models_store.py", "tests/test_atomicfile.py",
-                  "tests/test_store_edges.py"],
+        "tests": ["tests/unit/store/test_models_store.py", "tests/unit/store/test_atomicfile.py",
+                  "tests/unit/store/test_store_edges.py"],
         "k": "not crash_at_every_rename",
     },
     "commands": {
         "module": "agent/updates/commands.py",
         "only": ["_short", "_check_url", "_check_field", "parse_command", "_refuse_constant"],
-        "tests": ["tests/test_commands.py", "tests/test_command_parser.py"],
+        "tests": ["tests/unit/updates/test_commands.py", "tests/unit/updates/test_command_parser.py"],
         "k": "parse or malformed or replayed",
     },
     "probation": {
         "module": "agent/updates/probation.py",
         "only": ["Probation", "ProbationWatch"],
-        "tests": ["tests/test_probation.py"],
+        "tests": ["tests/unit/updates/test_probation.py"],
     },
 }
 

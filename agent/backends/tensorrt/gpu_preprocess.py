@@ -21,7 +21,7 @@ and 5.1):
 Float arithmetic in the kernel uses the explicit-rounding intrinsics __fmul_rn and __fadd_rn
 (a - b as __fadd_rn(a, -b), which rounds the same; both exist in every CUDA a JetPack has) so
 nvcc never fuses it into FMAs: the result is the same as float32 numpy, which is how
-tests/gpu_kernel_emulator.py runs it on a CPU. Changing KERNEL_SOURCE means changing that port
+tests/support/gpu_kernel_emulator.py runs it on a CPU. Changing KERNEL_SOURCE means changing that port
 too (tests check the two agree, and compile this very source for the CPU where a C++ compiler
 exists).
 

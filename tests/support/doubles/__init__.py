@@ -1,0 +1,1 @@
+"""Strict doubles of the libraries a Jetson has (TensorRT, pycuda, NVML, jtop)."""

@@ -1,0 +1,48 @@
+"""The classifier: softmax, top-k with labels and min_score, refused non-finite outputs, and
+top-k ordering (highest score first, equal scores in index order) on every numpy the agent
+supports (1.13.3 on JetPack 4.6 has no argsort kind="stable")."""
+
+import numpy as np
+import pytest
+
+from agent.postprocess import Classifier, activate
+
+
+def top(scores, k, activation="none"):
+    clf = Classifier([str(i) for i in range(len(scores))], activation, "logits", top_k=k,
+                     min_score=0.0)
+    return [t["index"] for t in clf({"logits": np.asarray([scores], np.float32)})]
+
+
+def test_equal_scores_keep_index_order():
+    assert top([0.5, 0.9, 0.5, 0.9, 0.1], 3) == [1, 3, 0]
+    assert top([0.5, 0.9, 0.5, 0.9, 0.1], 5) == [1, 3, 0, 2, 4]
+
+
+def test_ties_at_the_cut_take_the_lowest_indices():
+    assert top([0.0] * 1000, 5) == [0, 1, 2, 3, 4]
+    scores = [0.25] * 1000
+    scores[500] = 0.75
+    assert top(scores, 4, "softmax") == [500, 0, 1, 2]
+
+
+def test_top_k_with_this_numpy_version():
+    """Fails on numpy < 1.15 when the code asks for kind="stable" (the JetPack 4.6 stack)."""
+    assert top([1.0, 3.0, 2.0, -1.0], 3, "softmax") == [1, 2, 0]
+
+
+def test_softmax_topk_labels_and_min_score():
+    logits = np.array([[1.0, 3.0, 2.0, -1.0]], np.float32)
+    clf = Classifier(["a", "b", "c", "d"], "softmax", "logits", top_k=3, min_score=0.05)
+    top = clf({"logits": logits})
+    assert [t["label"] for t in top] == ["b", "c", "a"]
+    assert abs(sum(activate(logits[0], "softmax")) - 1.0) < 1e-9
+    clf = Classifier(["a", "b", "c", "d"], "softmax", "logits", top_k=3, min_score=0.5)
+    assert [t["label"] for t in clf({"logits": logits})] == ["b"]
+
+
+def test_non_finite_outputs_are_an_error():
+    from agent.errors import BackendError
+    clf = Classifier(["a", "b"], "softmax", None)
+    with pytest.raises(BackendError):
+        clf({"x": np.array([np.nan, 1.0])})
