@@ -41,7 +41,7 @@ Run from anywhere (paths are relative to this file's repository):
 Without --torchvision-wheel the script looks for a torchvision-0.29.1 wheel in --wheel-dir and
 otherwise runs `pip download --no-deps torchvision==0.29.1` into a temporary directory.
 Then run the package checks with the project venv: `.venv/bin/python -m pytest
-tests/unit/store/test_model_package.py`.
+tests/test_model_package.py`.
 """
 
 import argparse
@@ -372,7 +372,7 @@ def simplify(raw_path):
 
 
 def check_graph(model):
-    """The contract of the bundled model; the same checks run in tests/unit/store/test_model_package.py."""
+    """The contract of the bundled model; the same checks run in tests/test_model_package.py."""
     from onnx import TensorProto
 
     counts = op_counts(model)
