@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable, Mapping, Optional, Tuple
 
+from .threads import BackgroundThread
+
 log = logging.getLogger(__name__)
 
 # Seconds a send may block when systemd is not draining the socket (it never should be).
@@ -191,7 +193,7 @@ class _Ticker(object):
         self.interval = interval
         self._clock = clock
         self._until = self.stop
-        self._thread = None  # type: Optional[threading.Thread]
+        self._thread = BackgroundThread(self.run, self.THREAD_NAME)
 
     def run(self):
         # type: () -> None
@@ -205,22 +207,17 @@ class _Ticker(object):
 
     def _start_thread(self):
         # type: () -> bool
-        if self._thread is not None:
-            return False
-        self._thread = threading.Thread(target=self.run, name=self.THREAD_NAME, daemon=True)
-        self._thread.start()
-        return True
+        return self._thread.start()
 
     @property
     def running(self):
         # type: () -> bool
         """True while the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.running
 
     def join(self, timeout=None):
         # type: (Optional[float]) -> None
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._thread.join(timeout)
 
 
 class WatchdogPinger(_Ticker):
@@ -422,7 +419,7 @@ class StartTimeoutExtender(_Ticker):
     def start(self):
         # type: () -> bool
         """Start extending (a no-op outside systemd). Returns whether the thread started."""
-        if not self._notifier.enabled or self._thread is not None:
+        if not self._notifier.enabled or self._thread.started:
             return False
         self._started_at = self._clock()
         return self._start_thread()

@@ -6,6 +6,7 @@ import time
 from typing import Callable, Dict, Optional
 
 from ..errors import AgentError, ConfigError
+from ..threads import BackgroundThread
 from .energy import EnergyTotals, TrapezoidIntegrator
 from .readers import PowerReader, PowerReading
 
@@ -39,29 +40,23 @@ class PowerSampler(object):
         self._samples = 0
         self._errors = 0
         self._last = None  # type: Optional[PowerReading]
-        self._thread = None  # type: Optional[threading.Thread]
+        self._thread = BackgroundThread(self._run, "power-sampler")
         self.idle_w = None  # type: Optional[float]
 
     # -- the thread
 
     def start(self) -> "PowerSampler":
-        if self._thread is not None:
+        if not self._thread.start():
             raise AgentError("power sampler: start() called twice; create a new PowerSampler")
-        self._thread = threading.Thread(target=self._run, name="power-sampler")
-        self._thread.daemon = True
-        self._thread.start()
         return self
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the thread to end (after `stop` is set); True when it has ended."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.running
 
     def _run(self) -> None:
         # Waits until the next slot rather than a full period, so slow reads (NVML's energy
@@ -140,7 +135,7 @@ class PowerSampler(object):
             while True:
                 if predicate(self._totals_locked()):
                     return True
-                if self._thread is not None and not self._thread.is_alive():
+                if self._thread.ended:
                     return False
                 remaining = 1.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:

@@ -16,6 +16,7 @@ from typing import Any, Deque, Dict, Optional
 
 from ..errors import AgentError
 from ..store.store import ModelStore
+from ..threads import BackgroundThread
 from .commands import Command, CommandError, parse_command, request_id_of, RETAINED_ERROR
 from .events import Emit, Reporter
 from .handlers import Activate, ModelCommands, Prepare
@@ -76,21 +77,17 @@ class ModelManager(object):
         self._wake = threading.Condition(self._lock)
         self._current = None  # type: Optional[Command]
         self._closed = False  # set under _lock when the worker has ended: nothing is queued then
-        self._thread = None  # type: Optional[threading.Thread]
+        self._thread = BackgroundThread(self._run, "model-manager")
 
     # -------------------------------------------------------------- lifecycle
 
     def start(self) -> "ModelManager":
-        self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
         self._thread.start()
         return self
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the worker to end (after stop_event is set); True if it has."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     @property
     def busy(self) -> bool:
