@@ -199,13 +199,13 @@ def _add_profile(sub: Any) -> None:
 
 def _add_package(sub: Any) -> None:
     """`package`: an ONNX file and labels made into a checked, optionally signed package."""
+    from .cli.package import PRESETS
+    from .store.package import ACTIVATIONS, COLORS, LAYOUTS, RESIZE_MODES
     p = _command(sub, "package", "make a model package from an ONNX file and its labels",
                  "Reads the ONNX graph's input and output, writes model.yaml (with sha256 "
                  "and labels_sha256), runs the ONNX check a device runs at install and the "
                  "TensorRT 8.2 (Jetson Nano) preflight, and runs the model once with ONNX "
                  "Runtime on sample images, printing the top-5.", config=False)
-    from .cli.package import PRESETS
-    from .store.package import ACTIVATIONS, COLORS, LAYOUTS, RESIZE_MODES
     p.add_argument("onnx", metavar="MODEL.onnx")
     p.add_argument("--labels", required=True, metavar="FILE",
                    help="class names, one per line, in output order")
@@ -276,7 +276,8 @@ def _add_serve_models(sub: Any) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     p.add_argument("--base-url", metavar="URL",
-                   help="URL the devices reach DIR at (default http(s)://HOST:PORT)")
+                   help="URL the devices reach DIR at (default http(s)://HOST:PORT, with this "
+                        "machine's name for HOST when listening on all addresses)")
     p.add_argument("--cert", metavar="FILE", help="TLS certificate chain (PEM): serve HTTPS")
     p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM), with --cert")
     p.add_argument("--print-only", action="store_true",

@@ -268,10 +268,14 @@ def device_checks(package: ModelPackage, say: Any) -> List[str]:
 
 
 def bundled_samples() -> Optional[str]:
-    """models/samples of this checkout, when there is one."""
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "models", "samples")
-    return here if os.path.isdir(here) else None
+    """The bundled sample photos: models/samples of this checkout, or where setup.py
+    installed them (PREFIX/share/edge-agent/models/samples); None when neither is there."""
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for root in (checkout, os.path.join(sys.prefix, "share", "edge-agent")):
+        here = os.path.join(root, "models", "samples")
+        if os.path.isdir(here):
+            return here
+    return None
 
 
 def sample_run(package: ModelPackage, sample: str, top_k: int, say: Any) -> List[Any]:

@@ -12,6 +12,7 @@ import argparse
 import http.server
 import json
 import os
+import socket
 import socketserver
 import sys
 from typing import Any, Dict, List
@@ -77,8 +78,10 @@ def cmd_serve_models(args: argparse.Namespace) -> int:
             context.load_cert_chain(args.cert, args.tls_key)
             httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     scheme = "https" if args.cert else "http"
+    # Listening on every address: name this machine as the devices would look it up.
+    host = socket.getfqdn() if args.host in ("", "0.0.0.0", "::") else args.host
     base = args.base_url or "{}://{}:{}".format(
-        scheme, args.host, httpd.server_address[1] if httpd else args.port)
+        scheme, host, httpd.server_address[1] if httpd else args.port)
     for package_dir in packages:
         payload = install_payload(package_dir, root, base)
         print(json.dumps(payload, sort_keys=True))
