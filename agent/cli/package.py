@@ -280,7 +280,12 @@ def bundled_samples() -> Optional[str]:
 
 def sample_run(package: ModelPackage, sample: str, top_k: int, say: Any) -> List[Any]:
     """Run the package with ONNX Runtime, preprocessed as the agent does; print the top-k."""
-    import cv2
+    try:
+        import cv2
+    except Exception as exc:  # ImportError, or a broken install
+        raise AgentError("the test run reads the sample images with OpenCV, which does not "
+                         "import ({}: {}): pip install 'edge-agent[opencv,onnxruntime]'".format(
+                             type(exc).__name__, exc))
     import numpy as np
     from ..backends.base import BackendOptions
     from ..backends.onnxruntime import OnnxRuntimeBackend
