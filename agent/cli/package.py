@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import AgentError, ModelError
 from ..store.layout import check_component
 from ..store.package import MANIFEST_NAME, ModelPackage, load_labels, sha256_file
+from .keys import SIGNATURE_FILE
 
 # name -> (what it is for, mean, std, color, resize mode, crop ratio for shorter_side_crop)
 PRESETS = {
@@ -201,7 +202,8 @@ def build_manifest(args: argparse.Namespace, facts: GraphFacts, labels: List[str
             out_name, "a " + op + " node" if op else "the graph input", activation) +
             ("" if activation == "none" else " (--activation to change)"))
     return {"name": args.name, "version": args.version, "task": "classification",
-            "file": "model.onnx", "labels": "labels.txt",
+            "file": "model.onnx", "sha256": None, "labels": "labels.txt",
+            "labels_sha256": None,  # both set by write_package, from the copied files
             "input": {"name": facts.input_name, "shape": shape, "layout": layout,
                       "color": args.color or p_color, "resize": resize,
                       "mean": [float(v) for v in (mean or p_mean)],
@@ -219,19 +221,15 @@ def write_package(out: str, onnx_path: str, labels_path: str, manifest: Dict[str
     os.makedirs(out, exist_ok=True)
     for src, name in ((onnx_path, manifest["file"]), (labels_path, manifest["labels"])):
         if os.path.abspath(src) != os.path.abspath(os.path.join(out, name)):
-            shutil.copyfile(src, os.path.join(out, name))
-    hashes = {"sha256": sha256_file(os.path.join(out, manifest["file"])),
-              "labels_sha256": sha256_file(os.path.join(out, manifest["labels"]))}
-    ordered = [(k, v) for k, v in manifest.items() if k not in hashes]
-    at = [k for k, _ in ordered].index("file") + 1
-    ordered[at:at] = [("sha256", hashes["sha256"])]
-    ordered.insert([k for k, _ in ordered].index("labels") + 1,
-                   ("labels_sha256", hashes["labels_sha256"]))
-    manifest.clear()
-    manifest.update(ordered)  # reading order in model.yaml (dicts keep it from Python 3.7)
-    for stale in ("model.sig",):
-        if os.path.exists(os.path.join(out, stale)):
-            os.unlink(os.path.join(out, stale))
+            try:
+                shutil.copyfile(src, os.path.join(out, name))
+            except (OSError, shutil.Error) as exc:
+                raise AgentError("cannot copy {} into {}: {}; give a regular file".format(
+                    src, out, exc))
+    manifest["sha256"] = sha256_file(os.path.join(out, manifest["file"]))
+    manifest["labels_sha256"] = sha256_file(os.path.join(out, manifest["labels"]))
+    if os.path.exists(os.path.join(out, SIGNATURE_FILE)):  # signed another manifest
+        os.unlink(os.path.join(out, SIGNATURE_FILE))
     header = ("# Written by `edge-agent package` from {}; sha256 and labels_sha256 must match "
               "the files:\n# package again rather than editing by hand.\n").format(
                   os.path.basename(onnx_path))
@@ -355,7 +353,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     if args.sign:
         from .keys import sign_package
         sign_package(out, args.sign)
-        say("signed: {}".format(os.path.join(out, "model.sig")))
+        say("signed: {}".format(os.path.join(out, SIGNATURE_FILE)))
     if problems and args.strict:
         say("--strict: refused because TensorRT {} would refuse the model".format(TOOLKIT_TRT))
         return 1
