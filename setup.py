@@ -62,6 +62,8 @@ setup(
         "jetson": ["pycuda<=2022.1; python_version<'3.8'", "pycuda; python_version>='3.8'"],
         "nvml": ["nvidia-ml-py"],
         "signing": ["cryptography"],
+        # `edge-agent convert` (operator machines, not devices): Keras/SavedModel/TFLite to ONNX.
+        "convert": ["tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime"],
         "tests": ["pytest", "pytest-randomly", "vermin", "onnx", "hypothesis", "cryptography", "mypy"],
     },
     data_files=model_files(),

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="edge-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
-                _add_profile):
+                _add_profile, _add_package, _add_keys, _add_verify, _add_serve_models,
+                _add_convert):
         add(sub)
     return parser
 
@@ -196,6 +197,109 @@ def _add_profile(sub: Any) -> None:
     p.add_argument("--runs", type=int, default=50)
 
 
+def _add_package(sub: Any) -> None:
+    """`package`: an ONNX file and labels made into a checked, optionally signed package."""
+    from .cli.package import PRESETS
+    from .store.package import ACTIVATIONS, COLORS, LAYOUTS, RESIZE_MODES
+    p = _command(sub, "package", "make a model package from an ONNX file and its labels",
+                 "Reads the ONNX graph's input and output, writes model.yaml (with sha256 "
+                 "and labels_sha256), runs the ONNX check a device runs at install and the "
+                 "TensorRT 8.2 (Jetson Nano) preflight, and runs the model once with ONNX "
+                 "Runtime on sample images, printing the top-5.", config=False)
+    p.add_argument("onnx", metavar="MODEL.onnx")
+    p.add_argument("--labels", required=True, metavar="FILE",
+                   help="class names, one per line, in output order")
+    p.add_argument("--name", required=True, help="model name (letters, digits, _ - .)")
+    p.add_argument("--version", required=True, help="model version, e.g. 2 or 2024.1")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="pixel normalisation: " + "; ".join(
+                       "{}: {}".format(k, PRESETS[k][0]) for k in sorted(PRESETS)))
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="three per-channel means (overrides the preset's)")
+    p.add_argument("--std", type=float, nargs="+", metavar="S",
+                   help="three per-channel std deviations (overrides the preset's)")
+    p.add_argument("--color", choices=COLORS, help="channel order the model expects")
+    p.add_argument("--layout", choices=LAYOUTS, help="default: read from the input's shape")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input height and width, when the graph leaves them dynamic")
+    p.add_argument("--resize", choices=RESIZE_MODES, help="how frames are fitted to the input")
+    p.add_argument("--resize-size", type=int, metavar="N",
+                   help="shorter side before the centre crop (shorter_side_crop)")
+    p.add_argument("--output", metavar="NAME", help="the score output (default: the first)")
+    p.add_argument("--activation", choices=ACTIVATIONS,
+                   help="default: none after a Softmax/Sigmoid node, else softmax")
+    p.add_argument("--out", metavar="DIR", help="package directory (default: ./NAME-VERSION)")
+    p.add_argument("--force", action="store_true", help="replace a package in --out")
+    p.add_argument("--sample", metavar="FILE|DIR",
+                   help="image(s) for the test run (default: the bundled models/samples)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--sign", metavar="KEY", help="sign with this ed25519 private key (PEM), "
+                                                 "writing DIR/model.sig")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when TensorRT 8.2 (Jetson Nano) would refuse the model")
+
+
+def _add_keys(sub: Any) -> None:
+    """`keys generate`: ed25519 signing keys."""
+    p = _command(sub, "keys", "ed25519 keys for signing model packages",
+                 "`keys generate --out PREFIX` writes PREFIX.key (private, PEM, mode 0600) "
+                 "and PREFIX.pub (public, PEM: each device's updates.public_key_file).",
+                 config=False)
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    q = ksub.add_parser("generate", help="write a new key pair PREFIX.key and PREFIX.pub")
+    q.add_argument("--out", default="edge-agent-signing", metavar="PREFIX",
+                   help="file name prefix (default edge-agent-signing)")
+
+
+def _add_verify(sub: Any) -> None:
+    """`verify DIR`: a package checked as a device checks it."""
+    p = _command(sub, "verify", "check a model package as a device would (hashes, ONNX, "
+                                "signature)",
+                 "Checks DIR's model.yaml, the sha256 of the model and labels, the ONNX "
+                 "install check and, with --key, the signature in DIR/model.sig. Exit code "
+                 "0 when all pass.", config=False)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--key", metavar="PUBLIC.pem", help="ed25519 public key to check with")
+
+
+def _add_serve_models(sub: Any) -> None:
+    """`serve-models DIR`: packages over HTTP(S), with their model/install payloads."""
+    p = _command(sub, "serve-models", "serve packages over HTTP(S); print model/install "
+                                      "payloads",
+                 "Serves the packages under DIR and prints, one JSON line per package, the "
+                 "exact model/install payload (url, sha256, size, manifest, labels_url, "
+                 "labels_sha256, signature) for `edge-agent send model/install --json`. "
+                 "With --print-only and --base-url, prints payloads for another server.",
+                 config=False)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--base-url", metavar="URL",
+                   help="URL the devices reach DIR at (default http(s)://HOST:PORT, with this "
+                        "machine's name for HOST when listening on all addresses)")
+    p.add_argument("--cert", metavar="FILE", help="TLS certificate chain (PEM): serve HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", help="TLS private key (PEM), with --cert")
+    p.add_argument("--print-only", action="store_true",
+                   help="print the payloads and exit (files served elsewhere)")
+
+
+def _add_convert(sub: Any) -> None:
+    """`convert`: TensorFlow/Keras/TFLite to ONNX (the `convert` extra)."""
+    p = _command(sub, "convert", "convert a Keras, SavedModel or TFLite model to ONNX",
+                 "Converts with tf2onnx (pip install 'edge-agent[convert]'): a Keras file "
+                 "(.keras, .h5), a SavedModel directory or a .tflite file, with a static "
+                 "batch and opset 13 (what TensorRT 8.2 takes), then checks the ONNX output "
+                 "against the source framework on random input and prints the max abs "
+                 "difference. Then run `edge-agent package` on the result.", config=False)
+    p.add_argument("model", metavar="MODEL", help=".keras/.h5 file, SavedModel dir or .tflite")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max abs difference allowed vs the source (default 1e-4)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .cli.bench import run_bench
     from .cli import config_from_args
@@ -223,6 +327,11 @@ COMMANDS = {
     "models": _body("models", "cmd_models"),
     "build": _body("models", "cmd_build"),
     "profile": _body("models", "cmd_profile"),
+    "package": _body("package", "cmd_package"),
+    "keys": _body("keys", "cmd_keys"),
+    "verify": _body("keys", "cmd_verify"),
+    "serve-models": _body("serve_models", "cmd_serve_models"),
+    "convert": _body("convert", "cmd_convert"),
 }  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 

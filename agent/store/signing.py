@@ -20,6 +20,7 @@ the model is downloaded.
 
 import base64
 import json
+import os
 from typing import Any, Dict, Optional
 
 from ..errors import ModelError
@@ -108,9 +109,37 @@ def verify_manifest_signature(manifest: Dict[str, Any], signature: Optional[str]
 def sign_manifest(manifest: Dict[str, Any], private_key_file: str) -> str:
     """The base64 `signature` for a final manifest (for operator tools, e.g. `send`)."""
     ed25519, serialization, default_backend, _ = _crypto()
-    with open(private_key_file, "rb") as handle:
-        key = serialization.load_pem_private_key(handle.read(), password=None,
-                                                 backend=default_backend())
+    try:
+        with open(private_key_file, "rb") as handle:
+            key = serialization.load_pem_private_key(handle.read(), password=None,
+                                                     backend=default_backend())
+    except (OSError, ValueError, TypeError) as exc:
+        raise SignatureError("cannot use {} as a signing key: {}; give the private key PEM "
+                             "that `edge-agent keys generate` wrote".format(private_key_file, exc))
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SignatureError("{} is not an ed25519 private key".format(private_key_file))
     return base64.b64encode(key.sign(canonical_manifest_bytes(manifest))).decode("ascii")
+
+
+def generate_keypair(private_key_file: str, public_key_file: str) -> str:
+    """Write a new ed25519 key pair (PEM; the private key 0600, never over an existing file)
+    and return the public key as base64 of its 32 raw bytes."""
+    ed25519, serialization, _, _ = _crypto()
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public = key.public_key()
+    public_pem = public.public_bytes(serialization.Encoding.PEM,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+    for path in (private_key_file, public_key_file):
+        if os.path.exists(path):
+            raise SignatureError("{} exists; keys are never overwritten: choose another name or "
+                                 "remove it first".format(path))
+    for path, data, mode in ((private_key_file, private_pem, 0o600),
+                             (public_key_file, public_pem, 0o644)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
