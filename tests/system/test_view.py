@@ -140,11 +140,11 @@ def test_endpoints_before_and_after_the_first_frame(served):
     view.on_telemetry({"fps": 9.5, "power": {"source": "none"}})
     code, headers, body = _get(base + "/snapshot.jpg")
     assert code == 200 and headers["Content-Type"] == "image/jpeg"
-    assert headers["X-Frame-Seq"] == "1" and headers["X-Frame-Name"] == "cat.jpg"
+    assert headers["X-Frame-Seq"] == "7" and headers["X-Frame-Name"] == "cat.jpg"  # its seq
     assert _decode(body).shape == (480, 640, 3)
     code, _, body = _get(base + "/state.json")
     state = json.loads(body.decode())
-    assert state["seq"] == 1 and state["prediction"]["top"][0]["label"] == "tabby"
+    assert state["seq"] == 7 and state["prediction"]["top"][0]["label"] == "tabby"
     assert state["telemetry"]["fps"] == 9.5 and state["model"]["backend"] == "tensorrt"
     assert state["overlay"]["top"][0] == "tabby 62.0%" and state["frame_size"] == [320, 240]
     code, headers, body = _get(base + "/")
@@ -158,7 +158,7 @@ def test_endpoints_before_and_after_the_first_frame(served):
 def test_mjpeg_encodes_only_while_watched_and_once_per_frame(served):
     view, server, base = served
     for i in range(5):
-        view.on_prediction(_frame(10 * i), PAYLOAD)
+        view.on_prediction(_frame(10 * i), dict(PAYLOAD, seq=i + 1))
     assert view.encoded == 0  # nobody watches: no JPEG work at all
     result = []  # type: List[List[bytes]]
     reader = threading.Thread(target=lambda: result.append(
@@ -168,7 +168,7 @@ def test_mjpeg_encodes_only_while_watched_and_once_per_frame(served):
     # The newest frame goes out on connect; then each new frame, once the last was sent.
     for k in range(1, 3):
         wait_until(lambda: view.encoded >= k, 10, "the stream to send frame {}".format(k))
-        view.on_prediction(_frame(100 + 10 * k), PAYLOAD)
+        view.on_prediction(_frame(100 + 10 * k), dict(PAYLOAD, seq=10 + k))
     reader.join(10)
     parts = result[0]
     assert len(parts) == 3
