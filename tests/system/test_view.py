@@ -310,11 +310,12 @@ def test_demo_web_view_in_chromium(demo, recorder):
     dom = chromium(base + "/", "--dump-dom").decode("utf-8", "replace")
     assert 'data-updated="' in dom, dom[:3000]  # the page's script fetched /state.json
     labels = set().union(*SAMPLE_LABELS.values())
-    items = [part.split("</li>")[0] for part in dom.split('id="top">')[1].split(
-        "</ol>")[0].split("<li>")[1:]]
-    assert len(items) == 3, dom[:3000]
-    assert any(item.rsplit(" ", 1)[0] in labels for item in items), items
-    assert "efficientnet_lite0@1 onnxruntime" in dom and "fps" in dom
+    items = [part.split("</span>")[0] for part in dom.split('id="top">')[1].split(
+        "</ol>")[0].split('<span class="label">')[1:]]
+    assert len(items) >= 3, dom[:3000]  # the prediction's whole top-k, as text and bars
+    assert any(item in labels for item in items), items
+    assert '<td id="s-model">efficientnet_lite0@1</td>' in dom, dom[:3000]
+    assert '<td id="s-backend">onnxruntime fp32</td>' in dom and "fps" in dom
 
     # A screenshot, kept: the overlaid stream is on the page (the score bars' green is there).
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -421,6 +422,10 @@ def test_demo_window_under_xvfb(xvfb, broker, recorder, tmp_path):
         picture = wait_until(painted, 30, "the overlay (score bars) in the window",
                              interval=0.2)[0]
         assert picture.shape[1] >= 640 and picture.std() > 20
+        # The footer (fps, ms, W, inferences/J): a dark strip along the bottom with text.
+        strip = picture[-20:].astype(int)
+        assert (strip.max(axis=2) <= 90).mean() > 0.7, "no dark footer strip"
+        assert (strip.min(axis=2) > 180).sum() > 40, "no footer text"
         os.makedirs(ARTIFACTS, exist_ok=True)
         cv2.imwrite(os.path.join(ARTIFACTS, "view-window.png"), picture)
     finally:

@@ -153,6 +153,21 @@ def test_footer_line():
     assert footer_text(_payload(3), None, None) == "n/a fps | infer n/a | e2e 23 ms | n/a | n/a"
 
 
+def test_the_window_rendering_has_a_footer_and_the_web_one_not():
+    view = LiveView(model_info=lambda: MODEL)
+    frame = _frame(1)
+    frame.image[:] = 255
+    view.on_prediction(frame, _payload(1))
+    view.on_telemetry(TELEMETRY)
+    _, window = view.rendered(footer=True)
+    _, web = view.rendered()
+    assert window.shape == web.shape == (480, 640, 3)
+    strip = window[-20:].astype(int)
+    assert (strip.max(axis=2) <= 90).mean() > 0.7  # dark, over a white frame
+    assert (strip.min(axis=2) > 180).sum() > 40    # with text on it
+    assert (web[-20:] == 255).all()                # the page has its own panel instead
+
+
 # ---------------------------------------------------------------- /frame.jpg, in process
 
 def test_frame_jpeg_brings_its_own_prediction_and_waits_for_a_newer_one(served):
