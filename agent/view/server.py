@@ -1,4 +1,4 @@
-"""The live view as a web page: a small HTTP server with the MJPEG stream and the state.
+"""The live view as a web page: an HTTP server for the page, its frames, state and history.
 
 `ViewServer` (stdlib, one thread per connection, HTTP/1.1 keep-alive) serves `/` (the page,
 agent/view/page.html), `/frame.jpg?after=N` (the newest frame once it is not N, with its
@@ -6,8 +6,9 @@ number in `X-Frame-Seq` and its own prediction in `X-Prediction`: the page shows
 its prediction together), `/stream.mjpg` (multipart/x-mixed-replace JPEGs for other players,
 at most `stream_fps`, each part with `X-Frame-Seq`), `/state.json` (prediction, telemetry,
 status), `/history.json` (chart points and events of the last minutes) and `/snapshot.jpg`.
-JPEGs are encoded only while someone watches, once per frame for all clients. It binds to `view.host` (127.0.0.1 by default: put it on
-0.0.0.0 only on a trusted network; it has no login) and stops with the agent's stop Event.
+JPEGs are encoded only while someone watches, once per frame for all clients. It binds to
+`view.host` (127.0.0.1 by default: put it on 0.0.0.0 only on a trusted network; it has no
+login) and stops with the agent's stop Event.
 """
 
 import json
@@ -219,7 +220,9 @@ def _make_handler(server: ViewServer) -> Any:
             headers = {"X-Frame-Seq": str(seq), "X-Prediction": prediction_header(seq, payload)}
             name = lookup(payload, "frame")
             if isinstance(name, str):
-                headers["X-Frame-Name"] = os.path.basename(name)
+                name = os.path.basename(name)
+                if name.isprintable() and all(ord(c) < 128 for c in name):  # no header breaks
+                    headers["X-Frame-Name"] = name
             self._send(200, data, "image/jpeg", headers)
 
         def do_HEAD(self) -> None:

@@ -1,6 +1,9 @@
 """What one browser watching the live view costs the agent: its CPU with nobody watching, with
 one headless Chromium on the page, and with nobody again.
 
+With `--client mjpeg` the watcher is a plain reader of /stream.mjpg in this process instead
+(what a video player costs, for comparison with the page's one-JPEG-per-frame fetches).
+
 Starts `python -m agent demo --view web` (the bundled model on ONNX Runtime, the sample photos
 at --fps), lets it warm up, then measures the agent process's CPU time (utime + stime from
 /proc/PID/stat) over --seconds in each phase: idle, watched (Chromium on the page), idle
@@ -19,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -68,6 +72,13 @@ def wait_for_frames(base: str, timeout: float, agent: subprocess.Popen) -> None:
     raise SystemExit("the agent's view showed no frames within {:.0f} s".format(timeout))
 
 
+def read_stream(url: str, stop: threading.Event) -> None:
+    """Read an MJPEG stream and drop it, until `stop`."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        while not stop.is_set() and resp.read(1 << 16):
+            pass
+
+
 def measure(pid: int, seconds: float, other: int = 0) -> dict:
     start_wall = time.monotonic()
     start_cpu = cpu_seconds(pid)
@@ -88,6 +99,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="before measuring (10)")
     parser.add_argument("--fps", type=float, default=15.0, help="source frames per second")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--client", choices=("page", "mjpeg"), default="page",
+                        help="who watches: headless Chromium on the page (default), or a "
+                        "reader of /stream.mjpg")
     args = parser.parse_args()
     port = free_port()
     base = "http://127.0.0.1:{}".format(port)
@@ -100,6 +114,7 @@ def main() -> int:
          "--set", "logging.level=WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # WARNING and up: a few lines
     browser = None
+    stop = threading.Event()
     profile = tempfile.mkdtemp(prefix="view-cpu-chromium-")
     results = {}
     try:
@@ -109,18 +124,29 @@ def main() -> int:
         time.sleep(args.warmup)
         results["nobody"] = measure(agent.pid, args.seconds)
         print("nobody watching:  {}".format(results["nobody"]), flush=True)
-        browser = subprocess.Popen(
-            [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update",
-             "--user-data-dir=" + profile, "--window-size=1280,900",
-             "--remote-debugging-port=0", base + "/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reader = None
+        if args.client == "mjpeg":
+            reader = threading.Thread(target=read_stream, args=(base + "/stream.mjpg", stop),
+                                      daemon=True)
+            reader.start()
+        else:
+            browser = subprocess.Popen(
+                [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--user-data-dir=" + profile, "--window-size=1280,900",
+                 "--remote-debugging-port=0", base + "/"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.warmup)
-        results["one_browser"] = measure(agent.pid, args.seconds, browser.pid)
-        print("one browser:      {}".format(results["one_browser"]), flush=True)
-        browser.terminate()
-        browser.wait(20)
-        browser = None
+        results["watched"] = measure(agent.pid, args.seconds,
+                                         browser.pid if browser is not None else 0)
+        print("one {}:      {}".format(args.client, results["watched"]), flush=True)
+        if browser is not None:
+            browser.terminate()
+            browser.wait(20)
+            browser = None
+        stop.set()
+        if reader is not None:
+            reader.join(10)
         time.sleep(args.warmup)
         results["nobody_again"] = measure(agent.pid, args.seconds)
         print("nobody again:     {}".format(results["nobody_again"]), flush=True)
@@ -138,8 +164,9 @@ def main() -> int:
     idle = (results["nobody"]["agent_cpu_percent"] +
             results["nobody_again"]["agent_cpu_percent"]) / 2.0
     results["difference_percent_of_a_core"] = round(
-        results["one_browser"]["agent_cpu_percent"] - idle, 1)
+        results["watched"]["agent_cpu_percent"] - idle, 1)
     results["cores"] = os.cpu_count()
+    results["client"] = args.client
     results["fps"] = args.fps
     print(json.dumps(results))
     return 0
