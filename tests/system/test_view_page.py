@@ -179,6 +179,11 @@ def test_page_shows_each_frame_with_its_own_prediction(served):
                 "state": "degraded: source: camera gone", "uptime": "1 h 2 min 5 s",
                 "dropped": "4", "spool": "12 messages waiting", "coverage": "whole board (iio)"}
             assert not state["rawOpen"] and '"spool_pending": 12' in state["raw"]
+            # Everything the page loaded came from the agent (devices have no network).
+            loaded = browser.evaluate('performance.getEntriesByType("resource")'
+                                      '.map(function (e) { return e.name; })')
+            assert loaded and all(u.startswith(base + "/") or u.startswith("blob:" + base)
+                                  for u in loaded), loaded
     finally:
         stop.set()
         feeder.join(5)
