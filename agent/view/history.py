@@ -97,6 +97,7 @@ class History(object):
         self._lock = threading.Lock()
         self._points = deque(maxlen=max_points)  # type: Deque[Dict[str, Any]]
         self._events = deque(maxlen=max_events)  # type: Deque[Dict[str, Any]]
+        self.version = 0  # changes with every point or event kept
 
     def add_telemetry(self, message: Dict[str, Any]) -> None:
         point = chart_point(message)
@@ -105,6 +106,7 @@ class History(object):
         with self._lock:
             self._points.append(point)
             self._trim(point["t"])
+            self.version += 1
 
     def add_event(self, event: Dict[str, Any]) -> None:
         mark = timeline_event(event)
@@ -113,6 +115,7 @@ class History(object):
         with self._lock:
             self._events.append(mark)
             self._trim(mark["t"])
+            self.version += 1
 
     def _trim(self, now: float) -> None:
         for items in (self._points, self._events):
@@ -120,8 +123,10 @@ class History(object):
                 items.popleft()
 
     def snapshot(self) -> Dict[str, Any]:
-        """{span_s, points, events}: what /history.json serves."""
+        """{version, span_s, points, events}: what /history.json serves."""
         with self._lock:
             points = list(self._points)  # type: List[Dict[str, Any]]
             events = list(self._events)  # type: List[Dict[str, Any]]
-        return {"span_s": self.span_s, "points": points, "events": events}
+            version = self.version
+        return {"version": version, "span_s": self.span_s, "points": points,
+                "events": events}

@@ -5,7 +5,8 @@ agent/view/page.html), `/frame.jpg?after=N` (the newest frame once it is not N, 
 number in `X-Frame-Seq` and its own prediction in `X-Prediction`: the page shows a frame and
 its prediction together), `/stream.mjpg` (multipart/x-mixed-replace JPEGs for other players,
 at most `stream_fps`, each part with `X-Frame-Seq`), `/state.json` (prediction, telemetry,
-status), `/history.json` (chart points and events of the last minutes) and `/snapshot.jpg`.
+status), `/history.json?version=N` (chart points and events of the last minutes; 204 while
+unchanged since version N) and `/snapshot.jpg`.
 JPEGs are encoded only while someone watches, once per frame for all clients. It binds to
 `view.host` (127.0.0.1 by default: put it on 0.0.0.0 only on a trusted network; it has no
 login) and stops with the agent's stop Event.
@@ -237,6 +238,10 @@ def _make_handler(server: ViewServer) -> Any:
                 elif path == "/state.json":
                     self._json(server.view.state())
                 elif path == "/history.json":
+                    # ?version=N: 204 while nothing was added since (the page polls it)
+                    if _query(self.path).get("version") == str(server.view.history.version):
+                        self._send(204, b"", "text/plain")
+                        return
                     history = server.view.history.snapshot()
                     history["now"] = round(time.time(), 3)
                     self._json(history)

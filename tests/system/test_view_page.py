@@ -133,6 +133,20 @@ def test_frame_jpeg_brings_its_own_prediction_and_waits_for_a_newer_one(served):
     assert b"X-Frame-Seq: 2\r\n" in part
 
 
+def test_history_json_answers_204_while_unchanged(served):
+    view, base = served
+    view.on_telemetry(dict(TELEMETRY, ts=time.time()))
+    code, _, body = _get(base + "/history.json")
+    history = json.loads(body.decode())
+    assert code == 200 and len(history["points"]) == 1 and history["events"] == []
+    assert history["points"][0]["coverage"] == "board" and history["now"] >= TELEMETRY["ts"]
+    version = history["version"]
+    assert _get(base + "/history.json?version={}".format(version))[0] == 204
+    view.on_event({"ts": time.time(), "command": "reload", "state": "done"})
+    code, _, body = _get(base + "/history.json?version={}".format(version))
+    assert code == 200 and json.loads(body.decode())["events"][0]["kind"] == "reload"
+
+
 # ---------------------------------------------------------------- the page, in Chromium
 
 def test_page_shows_each_frame_with_its_own_prediction(served):

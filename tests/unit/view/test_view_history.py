@@ -64,7 +64,7 @@ def test_history_keeps_the_last_span():
     snap = history.snapshot()
     assert [p["t"] for p in snap["points"]] == [100.0]
     assert snap["events"] == [{"t": 101.0, "kind": "reload", "text": "reload failed: bad"}]
-    assert snap["span_s"] == 60.0
+    assert snap["span_s"] == 60.0 and snap["version"] == history.version == 5
 
 
 def test_footer_line():
