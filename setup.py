@@ -42,6 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["agent", "agent.*"]),
+    package_data={"agent.view": ["page.html"]},  # the live view's web page
     python_requires=">=3.6",
     install_requires=[
         "numpy<2; python_version<'3.9'",

@@ -126,7 +126,9 @@ def _add_demo(sub: Any) -> None:
                  "predictions, fps, latency and power drawn on them: a window when a "
                  "display and an OpenCV with GUI support are there, otherwise a web page at "
                  "http://view.host:view.port/ (default http://127.0.0.1:8080/; the URL is "
-                 "printed). Stop with Ctrl-C, q or Esc in the window, or closing it.",
+                 "printed) that also charts the last minutes (fps, latency, power, "
+                 "inferences/J, temperature) with model swaps and other events marked. "
+                 "Stop with Ctrl-C, q or Esc in the window, or closing it.",
                  config=False)
     p.add_argument("-c", "--config", metavar="FILE",
                    help="config.yaml to use (default: built-in defaults)")

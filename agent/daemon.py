@@ -92,6 +92,7 @@ class Agent(object):
         self._live_view = None  # type: Optional[LiveView]
         self._view_server = None  # type: Optional[ViewServer]
         self._reload_requested = threading.Event()
+        self._started = time.monotonic()
 
     # ---------------------------------------------------------------- start and run
     def run(self) -> int:
@@ -236,10 +237,21 @@ class Agent(object):
         """The live view fed by this agent's predictions and telemetry (made once)."""
         if self._live_view is None:
             self._live_view = LiveView(model_info=self.backends.describe,
-                                       status=self.health.status_payload)
+                                       status=self._view_status)
             self.listeners.append(self._live_view.on_prediction)
             self.telemetry_listeners.append(self._live_view.on_telemetry)
+            self.health.event_listeners.append(self._live_view.on_event)
         return self._live_view
+
+    def _view_status(self) -> Dict[str, Any]:
+        """The status snapshot the view shows: the retained status plus uptime, frames
+        dropped since start and messages waiting in the spool."""
+        status = self.health.status_payload()
+        status["uptime_s"] = round(time.monotonic() - self._started, 1)
+        status["dropped_frames"] = self.slot.dropped if self.slot is not None else 0
+        spool = self.spool
+        status["spool_pending"] = len(spool) if spool is not None else None
+        return status
 
     def serve_view(self, required: bool = False) -> Optional[ViewServer]:
         """The web view on view.host:view.port until the stop Event (started once)."""

@@ -6,12 +6,15 @@ moves the base state (starting, building, serving, offline), `set_building` mark
 being built while the old one serves. The status is republished on every change.
 """
 
+import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
 from .redact import redact_text
+
+log = logging.getLogger("edge-agent")
 
 Describe = Callable[[], Optional[Any]]  # the active model (ref, describe()) or None
 
@@ -33,6 +36,8 @@ class Health(object):
         self._base_state = "starting"
         self.problems = {}  # type: Dict[str, str]
         self.building = None  # type: Optional[str]  # model built in the background
+        # Called with every event published (the live view marks some on its charts).
+        self.event_listeners = []  # type: List[Callable[[Dict[str, Any]], None]]
         self._lock = threading.Lock()
 
     def attach(self, link: Any) -> None:
@@ -133,3 +138,8 @@ class Health(object):
         event.setdefault("ts", round(time.time(), 3))
         if self.link is not None:
             self.link.publish("events", event, kind="event", qos=1)
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")

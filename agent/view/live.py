@@ -1,10 +1,12 @@
 """The newest frame, prediction and telemetry of the live view, rendered and encoded on demand.
 
-`LiveView` is fed by the agent's publish and telemetry threads (`on_prediction`,
-`on_telemetry`) and only keeps references to the newest frame, prediction and telemetry: the
-publish thread pays nothing for it. Drawing the overlay and JPEG encoding happen on demand,
-in the thread that shows the frame (the window loop, or the HTTP thread of a connected
-client), at most once per frame.
+`LiveView` is fed by the agent's publish, telemetry and event listeners (`on_prediction`,
+`on_telemetry`, `on_event`) and only keeps references to the newest frame, prediction and
+telemetry (and a few numbers per telemetry message for the charts): the publish thread pays
+nothing for it. Drawing the overlay and JPEG encoding happen on demand, in the thread that
+shows the frame (the window loop, or the HTTP thread of a connected client), at most once per
+frame. A frame is numbered by its prediction's `seq` (the one published on MQTT), so the page
+can show a frame and the prediction of that very frame together.
 """
 
 import threading
@@ -14,7 +16,8 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 import numpy as np
 
-from .overlay import draw_overlay, overlay_text
+from .history import History, power_coverage
+from .overlay import draw_footer, draw_overlay, footer_text, overlay_text
 
 JPEG_QUALITY = 80
 
@@ -23,7 +26,8 @@ class LiveView(object):
     """The newest frame, prediction and telemetry; renders and encodes them on demand.
 
     `model_info` (the serving model's description) and `status` (a status snapshot) are
-    functions called from the showing thread; both may be None.
+    functions called from the showing thread; both may be None. `history` keeps the chart
+    points and timeline events of the last minutes.
     """
 
     def __init__(self, model_info: Optional[Callable[[], Optional[Dict[str, Any]]]] = None,
@@ -37,10 +41,12 @@ class LiveView(object):
         self._payload = None  # type: Optional[Dict[str, Any]]
         self._telemetry = None  # type: Optional[Dict[str, Any]]
         self._seq = 0
+        self._count = 0  # frames seen (numbers frames whose prediction has no seq)
+        self.history = History()
         self._times = deque(maxlen=30)  # type: Deque[float]
         self._render_lock = threading.Lock()
-        self._rendered = (0, None)  # type: Tuple[int, Optional[np.ndarray]]
-        self._jpeg = (0, None)  # type: Tuple[int, Optional[bytes]]
+        self._rendered = {}  # type: Dict[bool, Tuple[int, Optional[np.ndarray], Any]]
+        self._jpeg = (0, None, None)  # type: Tuple[int, Optional[bytes], Any]
         self.encoded = 0  # JPEGs made (the stream costs CPU only while watched)
 
     # -- the agent's threads (publish, telemetry): keep references, nothing more
@@ -48,13 +54,20 @@ class LiveView(object):
         with self._cond:
             self._image = frame.image
             self._payload = payload
-            self._seq += 1
+            self._count += 1
+            seq = payload.get("seq") if isinstance(payload, dict) else None
+            self._seq = seq if isinstance(seq, int) and not isinstance(seq, bool) \
+                else self._count
             self._times.append(time.monotonic())
             self._cond.notify_all()
 
     def on_telemetry(self, message: Dict[str, Any]) -> None:
         with self._cond:
             self._telemetry = message
+        self.history.add_telemetry(message)
+
+    def on_event(self, event: Dict[str, Any]) -> None:
+        self.history.add_event(event)
 
     # -- the showing threads
     @property
@@ -63,7 +76,8 @@ class LiveView(object):
             return self._seq
 
     def wait_newer(self, seq: int, timeout: float) -> int:
-        """The current frame number once it differs from `seq`, or after `timeout`."""
+        """The current frame number once it differs from `seq`, or after `timeout`
+        (frame numbers are prediction seqs: a restarted agent counts from 1 again)."""
         with self._cond:
             if self._seq == seq:
                 self._cond.wait(timeout)
@@ -99,37 +113,54 @@ class LiveView(object):
                 status = None
         return {"seq": seq, "prediction": payload, "telemetry": telemetry, "model": model,
                 "status": status, "fps": round(fps, 2) if fps else None,
+                "power_coverage": power_coverage(telemetry),
                 "frame_size": [int(image.shape[1]), int(image.shape[0])]
                 if image is not None else None,
                 "overlay": {"top": [t for t, _ in top], "lines": lines}}
 
-    def rendered(self) -> Tuple[int, Optional[np.ndarray]]:
-        """(frame number, the newest frame with the overlay), drawn once per frame."""
+    def rendered(self, footer: bool = False) -> Tuple[int, Optional[np.ndarray]]:
+        """(frame number, the newest frame with the overlay, and the one-line footer when
+        `footer`), drawn once per frame."""
+        seq, canvas, _ = self._render(footer)
+        return seq, canvas
+
+    def _render(self, footer: bool) -> Tuple[int, Optional[np.ndarray], Any]:
         with self._render_lock:
             with self._cond:
                 seq, image, payload, telemetry = (self._seq, self._image, self._payload,
                                                   self._telemetry)
             if image is None:
-                return 0, None
-            if self._rendered[0] == seq:
-                return self._rendered
-            top, lines = overlay_text(payload, telemetry, self._model(), self.fps())
-            self._rendered = (seq, draw_overlay(image, top, lines))
-            return self._rendered
+                return 0, None, None
+            done = self._rendered.get(footer)
+            if done is not None and done[0] == seq:
+                return done
+            fps = self.fps()
+            top, lines = overlay_text(payload, telemetry, self._model(), fps)
+            canvas = draw_overlay(image, top, lines)
+            if footer:
+                draw_footer(canvas, footer_text(payload, telemetry, fps))
+            self._rendered[footer] = (seq, canvas, payload)
+            return self._rendered[footer]
 
     def jpeg(self) -> Tuple[int, Optional[bytes]]:
         """(frame number, JPEG of the rendered frame), encoded once per frame for all clients."""
+        seq, data, _ = self.frame_jpeg()
+        return seq, data
+
+    def frame_jpeg(self) -> Tuple[int, Optional[bytes], Optional[Dict[str, Any]]]:
+        """(frame number, JPEG of the rendered frame, the prediction drawn on it): the three
+        belong to the same frame."""
         import cv2
-        seq, canvas = self.rendered()
+        seq, canvas, payload = self._render(False)
         if canvas is None:
-            return 0, None
+            return 0, None, None
         with self._render_lock:
-            if self._jpeg[0] == seq:
+            if self._jpeg[0] == seq and self._jpeg[1] is not None:
                 return self._jpeg
             ok, data = cv2.imencode(".jpg", canvas, [int(cv2.IMWRITE_JPEG_QUALITY),
                                                      self.jpeg_quality])
             if not ok:
-                return 0, None
+                return 0, None, None
             self.encoded += 1
-            self._jpeg = (seq, data.tobytes())
+            self._jpeg = (seq, data.tobytes(), payload)
             return self._jpeg

@@ -61,6 +61,39 @@ def overlay_text(payload: Optional[Dict[str, Any]], telemetry: Optional[Dict[str
     return top, lines
 
 
+def footer_text(payload: Optional[Dict[str, Any]], telemetry: Optional[Dict[str, Any]],
+                fps: Optional[float]) -> str:
+    """The window's one-line footer: fps, inference and end-to-end ms (p50 of the last
+    telemetry window, else this frame's latency), power and inferences per joule."""
+    e2e = lookup(telemetry, "latency_ms", "end_to_end", "p50")
+    if e2e is None:
+        e2e = lookup(payload, "latency_ms")
+    watts = lookup(telemetry, "energy", "mean_w")
+    if watts is None:
+        watts = lookup(telemetry, "power", "total_w")
+    return "{} fps | infer {} | e2e {} | {} | {}".format(
+        format_number(fps, "{:.1f}"),
+        format_number(lookup(telemetry, "latency_ms", "infer", "p50"), "{:.1f}", " ms"),
+        format_number(e2e, "{:.0f}", " ms"), format_number(watts, "{:.2f}", " W"),
+        format_number(lookup(telemetry, "energy", "inferences_per_joule"), "{:.1f}",
+                      " inf/J"))
+
+
+def draw_footer(canvas: np.ndarray, text: str) -> None:
+    """Write `text` on a dark strip along the bottom of `canvas` (in place)."""
+    import cv2
+    h, w = canvas.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.4, min(0.6, w / 1600.0))
+    strip = int(32 * scale) + 10
+    region = canvas[h - strip:h, :]
+    shade = np.empty_like(region)
+    shade[:] = PANEL_BGR
+    cv2.addWeighted(region, 0.25, shade, 0.75, 0, dst=region)
+    cv2.putText(canvas, text, (10, h - strip // 2 + int(8 * scale)), font, scale, TEXT_BGR, 1,
+                cv2.LINE_AA)
+
+
 def fit_width(image: np.ndarray, min_width: int = MIN_WIDTH,
               max_width: int = MAX_WIDTH) -> np.ndarray:
     """A copy of `image` scaled so its width lies in [min_width, max_width]."""

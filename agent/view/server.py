@@ -1,10 +1,15 @@
-"""The live view as a web page: a small HTTP server with the MJPEG stream and the state.
+"""The live view as a web page: an HTTP server for the page, its frames, state and history.
 
-`ViewServer` (stdlib, one thread per client) serves `/` (a page with the MJPEG stream and the
-latest prediction and telemetry as text, refreshed by polling `/state.json`), `/stream.mjpg`
-(multipart/x-mixed-replace JPEGs, at most `stream_fps`, encoded only while a client watches),
-`/state.json` and `/snapshot.jpg`. It binds to `view.host` (127.0.0.1 by default: put it on
-0.0.0.0 only on a trusted network; it has no login) and stops with the agent's stop Event.
+`ViewServer` (stdlib, one thread per connection, HTTP/1.1 keep-alive) serves `/` (the page,
+agent/view/page.html), `/frame.jpg?after=N` (the newest frame once it is not N, with its
+number in `X-Frame-Seq` and its own prediction in `X-Prediction`: the page shows a frame and
+its prediction together), `/stream.mjpg` (multipart/x-mixed-replace JPEGs for other players,
+at most `stream_fps`, each part with `X-Frame-Seq`), `/state.json` (prediction, telemetry,
+status), `/history.json?version=N` (chart points and events of the last minutes; 204 while
+unchanged since version N) and `/snapshot.jpg`.
+JPEGs are encoded only while someone watches, once per frame for all clients. It binds to
+`view.host` (127.0.0.1 by default: put it on 0.0.0.0 only on a trusted network; it has no
+login) and stops with the agent's stop Event.
 """
 
 import json
@@ -27,76 +32,9 @@ log = logging.getLogger(__name__)
 STREAM_FPS = 12.0       # MJPEG frames per second per client, at most
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>edge-agent live view: {device}</title>
-<style>
-body {{ background: #111; color: #eee; font: 15px/1.4 system-ui, sans-serif; margin: 16px; }}
-h1 {{ font-size: 18px; margin: 0 0 12px; }}
-a {{ color: #8cf; }}
-#wrap {{ display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }}
-#live {{ max-width: 100%; background: #000; min-width: 320px; min-height: 180px; }}
-#side {{ flex: 1 1 300px; min-width: 280px; max-width: 560px; }}
-pre {{ white-space: pre-wrap; word-break: break-all; max-height: 50vh; overflow: auto;
-       font-size: 12px; color: #aaa; }}
-table {{ border-collapse: collapse; }}
-td {{ padding: 2px 10px 2px 0; vertical-align: top; }}
-.state {{ font-weight: bold; }}
-.degraded, .offline {{ color: #f66; }} .serving {{ color: #6d6; }}
-ol {{ padding-left: 20px; margin: 4px 0 12px; }}
-</style></head>
-<body>
-<h1>edge-agent live view: <span id="device">{device}</span>
-  <span id="state" class="state {state}">{state}</span></h1>
-<div id="wrap">
-<img id="live" alt="live camera view with predictions (MJPEG)">
-<div id="side">
-<div>top predictions</div>
-<ol id="top">{top}</ol>
-<table>
-<tr><td>model</td><td id="model">{model}</td></tr>
-<tr><td>frames</td><td id="seq">{seq}</td></tr>
-<tr><td>info</td><td id="lines">{lines}</td></tr>
-<tr><td>detail</td><td id="detail">{detail}</td></tr>
-</table>
-<p><a href="/snapshot.jpg">snapshot</a> · <a href="/state.json">state.json</a>
- · <a href="/stream.mjpg">stream.mjpg</a></p>
-<pre id="telemetry"></pre>
-</div></div>
-<script>
-"use strict";
-function text(id, value) {{ document.getElementById(id).textContent = value; }}
-function render(s) {{
-  var top = document.getElementById("top");
-  while (top.firstChild) top.removeChild(top.firstChild);
-  (s.overlay.top || []).forEach(function (t) {{
-    var li = document.createElement("li"); li.textContent = t; top.appendChild(li);
-  }});
-  text("lines", (s.overlay.lines || []).join(" | "));
-  text("seq", s.seq);
-  var st = s.status || {{}};
-  var el = document.getElementById("state");
-  el.textContent = st.state || "?"; el.className = "state " + (st.state || "");
-  text("detail", st.detail || "");
-  var m = s.model || {{}};
-  text("model", (m.name || "?") + "@" + (m.version || "?") + " " + (m.backend || "") + " " +
-       (m.precision || ""));
-  text("telemetry", s.telemetry ? JSON.stringify(s.telemetry, null, 1) : "telemetry: waiting");
-}}
-function poll() {{
-  fetch("/state.json", {{cache: "no-store"}}).then(function (r) {{ return r.json(); }})
-    .then(function (s) {{ render(s); document.body.dataset.updated = String(s.seq); }})
-    .catch(function () {{ text("state", "unreachable"); }})
-    .then(function () {{ setTimeout(poll, 500); }});
-}}
-window.addEventListener("load", function () {{
-  document.getElementById("live").src = "/stream.mjpg";
-  poll();
-}});
-</script>
-</body></html>
-"""
+PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+_page = []  # type: List[str]  # the page's text, read once
+FRAME_WAIT_S = 10.0     # /frame.jpg?after=N waits this long at most for a newer frame
 
 
 def _esc(value: Any) -> str:
@@ -104,18 +42,29 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def render_page(state: Dict[str, Any]) -> str:
-    """The page with the current state written in (so it reads right before any script runs)."""
+def render_page(state: Dict[str, Any], stream_fps: float = STREAM_FPS) -> str:
+    """The page (agent/view/page.html) with the current state written in, so it reads right
+    before any script runs."""
+    if not _page:
+        with open(PAGE_FILE, encoding="utf-8") as handle:
+            _page.append(handle.read())
     status = state.get("status") or {}
-    model = state.get("model") or {}
     overlay = state.get("overlay") or {}
-    return PAGE.format(
-        device=_esc(status.get("device", "")), state=_esc(status.get("state", "?")),
-        top="".join("<li>{}</li>".format(_esc(t)) for t in overlay.get("top", [])),
-        model=_esc("{}@{} {} {}".format(model.get("name", "?"), model.get("version", "?"),
-                                        model.get("backend", ""), model.get("precision", ""))),
-        seq=_esc(state.get("seq", 0)), lines=_esc(" | ".join(overlay.get("lines", []))),
-        detail=_esc(status.get("detail", "")))
+    values = {"device": _esc(status.get("device", "")), "state": _esc(status.get("state", "?")),
+              "top": "".join("<li>{}</li>".format(_esc(t)) for t in overlay.get("top", [])),
+              "stream_fps": "{:g}".format(stream_fps if stream_fps > 0 else 30.0)}
+    page = _page[0]
+    for key, value in values.items():
+        page = page.replace("{{" + key + "}}", value)
+    return page
+
+
+def prediction_header(seq: int, payload: Optional[Dict[str, Any]]) -> str:
+    """X-Prediction: the frame's prediction as one line of ASCII JSON (labels escaped)."""
+    keep = ("seq", "model", "top", "latency_ms", "frame", "frame_seq", "ts")
+    body = {k: v for k, v in (payload or {}).items() if k in keep}
+    body.setdefault("seq", seq)
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=str)
 
 
 class _Server(socketserver.ThreadingMixIn, HTTPServer):
@@ -176,7 +125,9 @@ class ViewServer(object):
         handler.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         handler.send_header("Cache-Control", "no-cache, no-store, private")
         handler.send_header("Pragma", "no-cache")
+        handler.send_header("Connection", "close")
         handler.end_headers()
+        handler.close_connection = True
         with self._lock:
             self.clients += 1
         last = 0
@@ -193,7 +144,8 @@ class ViewServer(object):
                     continue
                 last = seq
                 handler.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                    + str(len(data)).encode("ascii") + b"\r\n\r\n" + data
+                                    + str(len(data)).encode("ascii") + b"\r\nX-Frame-Seq: "
+                                    + str(seq).encode("ascii") + b"\r\n\r\n" + data
                                     + b"\r\n")
                 handler.wfile.flush()
                 left = period - (time.monotonic() - started)
@@ -215,10 +167,16 @@ def _client_gone(sock: socket.socket) -> bool:
         return True
 
 
+def _query(path: str) -> Dict[str, str]:
+    from urllib.parse import parse_qsl
+    return dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
+
+
 def _make_handler(server: ViewServer) -> Any:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-agent-view"
-        protocol_version = "HTTP/1.0"
+        protocol_version = "HTTP/1.1"  # keep-alive: the page fetches one JPEG per frame
+        timeout = 60  # an idle keep-alive connection is closed after this
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("view %s: " + fmt, self.client_address[0], *args)
@@ -235,6 +193,39 @@ def _make_handler(server: ViewServer) -> Any:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
+        def _json(self, data: Any) -> None:
+            self._send(200, json.dumps(data, default=str).encode("utf-8"), "application/json")
+
+        def _frame(self, query: Dict[str, str]) -> None:
+            """The newest frame (once it differs from `after`, waiting up to `wait` s; 204
+            when none came) with its number and its own prediction in the headers."""
+            if "after" in query:
+                try:
+                    wait = min(float(query.get("wait", FRAME_WAIT_S)), FRAME_WAIT_S)
+                except ValueError:
+                    wait = FRAME_WAIT_S
+                after = query["after"]
+                deadline = time.monotonic() + wait
+                while str(server.view.seq) == after and not server.stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    server.view.wait_newer(server.view.seq, min(left, 0.5))
+            seq, data, payload = server.view.frame_jpeg()
+            if data is None:
+                self._send(503, b"no frame yet\n", "text/plain", {"Retry-After": "1"})
+                return
+            if str(seq) == query.get("after"):
+                self._send(204, b"", "text/plain")
+                return
+            headers = {"X-Frame-Seq": str(seq), "X-Prediction": prediction_header(seq, payload)}
+            name = lookup(payload, "frame")
+            if isinstance(name, str):
+                name = os.path.basename(name)
+                if name.isprintable() and all(ord(c) < 128 for c in name):  # no header breaks
+                    headers["X-Frame-Name"] = name
+            self._send(200, data, "image/jpeg", headers)
+
         def do_HEAD(self) -> None:
             self.do_GET()
 
@@ -242,27 +233,27 @@ def _make_handler(server: ViewServer) -> Any:
             path = self.path.split("?", 1)[0]
             try:
                 if path in ("/", "/index.html"):
-                    page = render_page(server.view.state())
+                    page = render_page(server.view.state(), server.stream_fps)
                     self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
                 elif path == "/state.json":
-                    body = json.dumps(server.view.state(), default=str).encode("utf-8")
-                    self._send(200, body, "application/json")
+                    self._json(server.view.state())
+                elif path == "/history.json":
+                    # ?version=N: 204 while nothing was added since (the page polls it)
+                    if _query(self.path).get("version") == str(server.view.history.version):
+                        self._send(204, b"", "text/plain")
+                        return
+                    history = server.view.history.snapshot()
+                    history["now"] = round(time.time(), 3)
+                    self._json(history)
+                elif path == "/frame.jpg":
+                    self._frame(_query(self.path))
                 elif path == "/snapshot.jpg":
-                    seq, data = server.view.jpeg()
-                    if data is None:
-                        self._send(503, b"no frame yet\n", "text/plain", {"Retry-After": "1"})
-                    else:
-                        state = server.view.state()
-                        name = lookup(state, "prediction", "frame")
-                        headers = {"X-Frame-Seq": str(seq)}
-                        if isinstance(name, str):
-                            headers["X-Frame-Name"] = os.path.basename(name)
-                        self._send(200, data, "image/jpeg", headers)
+                    self._frame({})
                 elif path == "/stream.mjpg":
                     server.stream(self)
                 else:
-                    self._send(404, b"not found; try / /stream.mjpg /state.json "
-                                    b"/snapshot.jpg\n", "text/plain")
+                    self._send(404, b"not found; try / /frame.jpg /stream.mjpg /state.json "
+                                    b"/history.json /snapshot.jpg\n", "text/plain")
             except (BrokenPipeError, ConnectionResetError):
                 pass
 

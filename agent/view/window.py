@@ -69,7 +69,8 @@ def window_available(env: Optional[Dict[str, str]] = None) -> Tuple[bool, str]:
 
 
 def run_window(view: LiveView, stop: threading.Event, title: str = "edge-agent") -> None:
-    """Show the live view in a window until `stop` is set, q/Esc is pressed or the window is
+    """Show the live view (the overlay with score bars, and a footer: fps, ms, W,
+    inferences/J) in a window until `stop` is set, q/Esc is pressed or the window is
     closed (then `stop` is set). Must run in the main thread (GUI toolkits want that)."""
     import cv2
     # GUI_NORMAL: no Qt toolbar (the overlay says what matters); GTK builds ignore it.
@@ -79,7 +80,7 @@ def run_window(view: LiveView, stop: threading.Event, title: str = "edge-agent")
         while not stop.is_set():
             seq = view.wait_newer(shown, 0.03)
             if seq != shown:
-                seq, canvas = view.rendered()
+                seq, canvas = view.rendered(footer=True)
                 if canvas is not None:
                     cv2.imshow(title, canvas)
                     shown = seq

@@ -140,11 +140,11 @@ def test_endpoints_before_and_after_the_first_frame(served):
     view.on_telemetry({"fps": 9.5, "power": {"source": "none"}})
     code, headers, body = _get(base + "/snapshot.jpg")
     assert code == 200 and headers["Content-Type"] == "image/jpeg"
-    assert headers["X-Frame-Seq"] == "1" and headers["X-Frame-Name"] == "cat.jpg"
+    assert headers["X-Frame-Seq"] == "7" and headers["X-Frame-Name"] == "cat.jpg"  # its seq
     assert _decode(body).shape == (480, 640, 3)
     code, _, body = _get(base + "/state.json")
     state = json.loads(body.decode())
-    assert state["seq"] == 1 and state["prediction"]["top"][0]["label"] == "tabby"
+    assert state["seq"] == 7 and state["prediction"]["top"][0]["label"] == "tabby"
     assert state["telemetry"]["fps"] == 9.5 and state["model"]["backend"] == "tensorrt"
     assert state["overlay"]["top"][0] == "tabby 62.0%" and state["frame_size"] == [320, 240]
     code, headers, body = _get(base + "/")
@@ -158,7 +158,7 @@ def test_endpoints_before_and_after_the_first_frame(served):
 def test_mjpeg_encodes_only_while_watched_and_once_per_frame(served):
     view, server, base = served
     for i in range(5):
-        view.on_prediction(_frame(10 * i), PAYLOAD)
+        view.on_prediction(_frame(10 * i), dict(PAYLOAD, seq=i + 1))
     assert view.encoded == 0  # nobody watches: no JPEG work at all
     result = []  # type: List[List[bytes]]
     reader = threading.Thread(target=lambda: result.append(
@@ -168,7 +168,7 @@ def test_mjpeg_encodes_only_while_watched_and_once_per_frame(served):
     # The newest frame goes out on connect; then each new frame, once the last was sent.
     for k in range(1, 3):
         wait_until(lambda: view.encoded >= k, 10, "the stream to send frame {}".format(k))
-        view.on_prediction(_frame(100 + 10 * k), PAYLOAD)
+        view.on_prediction(_frame(100 + 10 * k), dict(PAYLOAD, seq=10 + k))
     reader.join(10)
     parts = result[0]
     assert len(parts) == 3
@@ -310,11 +310,12 @@ def test_demo_web_view_in_chromium(demo, recorder):
     dom = chromium(base + "/", "--dump-dom").decode("utf-8", "replace")
     assert 'data-updated="' in dom, dom[:3000]  # the page's script fetched /state.json
     labels = set().union(*SAMPLE_LABELS.values())
-    items = [part.split("</li>")[0] for part in dom.split('id="top">')[1].split(
-        "</ol>")[0].split("<li>")[1:]]
-    assert len(items) == 3, dom[:3000]
-    assert any(item.rsplit(" ", 1)[0] in labels for item in items), items
-    assert "efficientnet_lite0@1 onnxruntime" in dom and "fps" in dom
+    items = [part.split("</span>")[0] for part in dom.split('id="top">')[1].split(
+        "</ol>")[0].split('<span class="label">')[1:]]
+    assert len(items) >= 3, dom[:3000]  # the prediction's whole top-k, as text and bars
+    assert any(item in labels for item in items), items
+    assert '<td id="s-model">efficientnet_lite0@1</td>' in dom, dom[:3000]
+    assert '<td id="s-backend">onnxruntime fp32</td>' in dom and "fps" in dom
 
     # A screenshot, kept: the overlaid stream is on the page (the score bars' green is there).
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -421,6 +422,10 @@ def test_demo_window_under_xvfb(xvfb, broker, recorder, tmp_path):
         picture = wait_until(painted, 30, "the overlay (score bars) in the window",
                              interval=0.2)[0]
         assert picture.shape[1] >= 640 and picture.std() > 20
+        # The footer (fps, ms, W, inferences/J): a dark strip along the bottom with text.
+        strip = picture[-20:].astype(int)
+        assert (strip.max(axis=2) <= 90).mean() > 0.7, "no dark footer strip"
+        assert (strip.min(axis=2) > 180).sum() > 40, "no footer text"
         os.makedirs(ARTIFACTS, exist_ok=True)
         cv2.imwrite(os.path.join(ARTIFACTS, "view-window.png"), picture)
     finally:

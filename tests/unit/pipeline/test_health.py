@@ -47,3 +47,23 @@ def test_health_owns_the_status_degraded_wins_and_building_shows():
     offline = health.offline_payload()
     assert offline["state"] == "offline" and offline["reason"] == "shutdown"
     assert health.status_line().startswith("offline m@1 on onnxruntime fp32")
+
+
+def test_event_listeners_see_every_event_even_when_one_fails():
+    """Health.event_listeners (the live view's timeline): called with each event as
+    published, with its ts; a listener that raises does not stop the others."""
+    from agent.health import Health
+
+    seen = []
+
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    health = Health("dev", "boot1", "file://x", model=lambda: None)
+    health.event_listeners.extend([broken, seen.append])
+    health.emit_event({"command": "reload", "state": "done"})  # no link attached yet
+    health.problem("source", "camera gone")
+    assert [(e["command"], e["state"]) for e in seen] == [("reload", "done"),
+                                                          ("health", "degraded")]
+    assert all(isinstance(e["ts"], float) for e in seen)
+    assert seen[1]["detail"] == "source" and seen[1]["error"] == "camera gone"
