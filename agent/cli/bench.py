@@ -136,10 +136,10 @@ class EnergyProbe(object):
     with what its meter covers; the idle baseline is BENCH_IDLE_S in BENCH_IDLE_PARTS parts."""
 
     def __init__(self, config: Config, idle_s: float = BENCH_IDLE_S,
-                 idle_parts: int = BENCH_IDLE_PARTS) -> None:
+                 idle_parts: int = BENCH_IDLE_PARTS, root: str = "/") -> None:
         self.stop = threading.Event()
         self.idle_s = idle_s
-        self.power = open_power(config.telemetry, self.stop, idle_s=idle_s,
+        self.power = open_power(config.telemetry, self.stop, root=root, idle_s=idle_s,
                                 idle_parts=idle_parts)
         if self.power.problem is not None:  # an explicit but absent source: bench goes on
             print("bench: no power readings: {}".format(self.power.problem), file=sys.stderr)
