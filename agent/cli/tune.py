@@ -207,8 +207,9 @@ def write_overlay(path: str, best: Dict[str, Any], summary: Dict[str, Any]) -> N
     header = ["# edge-agent tune: best setup #{} ({}) for {}".format(
         best["n"], best["setup"], summary["model"]),
         "# measured: {} fps, p99 {} ms, {} W, {} inferences/J ({} cores, power: {})".format(
-            best.get("fps"), best.get("p99_ms"), best.get("watts"),
-            best.get("inferences_per_joule"), summary["cpu_count"], summary["power_source"]),
+            best.get("fps"), _cell(best.get("p99_ms")), _cell(best.get("watts")),
+            _cell(best.get("inferences_per_joule"), "{:.3f}"), summary["cpu_count"],
+            summary["power_source"]),
         "# constraints: {}; objective {}".format(
             ", ".join("{}={}".format(k, v) for k, v in summary["constraints"].items()
                       if v is not None) or "none", summary["objective"])]
