@@ -191,3 +191,13 @@ def test_gpu_meter_and_gpu_inference_is_labelled_gpu_only(nvml_probe, capsys):
     out = capsys.readouterr().out
     assert "energy, raw (GPU only):" in out and "marginal over idle: within noise" in out
     assert "-" not in out.split("marginal over idle:")[1].split("\n")[0]
+
+
+def test_check_doctor_says_what_the_meter_measures(monkeypatch):
+    from agent.cli.check import Report, check_power
+    fake = nvml_double.FakeNvml([nvml_double.FakeGpu(power_mw=60000)])
+    monkeypatch.setattr("agent.power.nvml._import_nvml", lambda: fake)
+    report = Report()
+    check_power(report, types.SimpleNamespace(telemetry=types.SimpleNamespace(power="nvml")))
+    row = [r for r in report.rows if r["check"] == "power"][0]
+    assert row["detail"] == "source: nvml (measures: GPU only)"
