@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import trt_choice  # noqa: E402
+from check_cuda_backend import median_ms  # noqa: E402
 
 
 def per_frame(runs):
@@ -53,14 +54,7 @@ def per_frame(runs):
         np.copyto(buf, frame)  # what the capture thread does
 
         def timed(fn):
-            for _ in range(20):
-                fn()
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1000.0)
-            return round(statistics.median(times), 4)
+            return round(median_ms(fn, runs), 4)
 
         def numpy_frame():
             gpu.run(frame, int(dst))
