@@ -48,12 +48,15 @@ def integrate_trapezoid(samples: Iterable[Tuple[float, Optional[float]]]) -> flo
 NOISE_SIGMAS = 2.0  # a marginal figure must exceed this many baseline spreads to count
 
 
-def within_noise(marginal_j: float, seconds: float, idle_spread_w: Optional[float]) -> bool:
+def within_noise(marginal_j: float, seconds: float, idle_spread_w: Optional[float],
+                 joules: float = 0.0) -> bool:
     """True when `marginal_j` joules over `seconds` are not above the idle baseline's noise:
     not above NOISE_SIGMAS x `idle_spread_w` x seconds (the spread is the standard deviation
-    of the baseline's sub-window means; None counts as 0). A marginal of zero or below is
-    always within noise: the work cannot have drawn less than idle."""
-    return marginal_j <= NOISE_SIGMAS * (idle_spread_w or 0.0) * seconds
+    of the baseline's sub-window means; None counts as 0), nor above float rounding of the
+    window's `joules`. A marginal of zero or below is always within noise: the work cannot
+    have drawn less than idle."""
+    rounding = 1e-9 * abs(joules)
+    return marginal_j <= NOISE_SIGMAS * (idle_spread_w or 0.0) * seconds + rounding
 
 
 class EnergyWindow(object):
@@ -92,7 +95,7 @@ class EnergyWindow(object):
         if idle_w is not None:
             marginal = self.marginal_joules(idle_w)
             noisy = marginal is not None and within_noise(marginal, self.seconds,
-                                                          idle_spread_w)
+                                                          idle_spread_w, self.joules or 0.0)
             out["idle_w"] = idle_w
             out["idle_spread_w"] = idle_spread_w
             out["marginal_within_noise"] = noisy if marginal is not None else None

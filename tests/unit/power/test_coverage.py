@@ -56,6 +56,10 @@ def test_within_noise_is_zero_negative_or_inside_two_spreads():
     assert not within_noise(0.01, 10.0, None)      # no spread known: anything above 0 counts
     assert within_noise(0.9, 10.0, 0.05)           # 2 x 0.05 W x 10 s = 1 J of noise
     assert not within_noise(1.1, 10.0, 0.05)
+    # Idle power exactly: joules - idle_w x seconds is float rounding, not a marginal.
+    window = EnergyWindow(2.545 * 0.7, 0.7, {}, 10, "trapezoid")
+    assert within_noise(window.marginal_joules(2.545), 0.7, 0.0, window.joules)
+    assert within_noise(3e-16, 0.7, 0.0, 1.78)
 
 
 def test_per_inference_never_reports_a_negative_marginal():
