@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
                 _add_profile, _add_package, _add_keys, _add_verify, _add_serve_models,
-                _add_convert):
+                _add_convert, _add_tune):
         add(sub)
     return parser
 
@@ -300,6 +300,40 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max abs difference allowed vs the source (default 1e-4)")
+def _add_tune(sub: Any) -> None:
+    """`tune`: candidate setups measured for fps, latency and energy; the best as an overlay."""
+    p = _command(sub, "tune", "measure candidate setups for fps, latency and watts; pick one",
+                 "Measures each setup the agent controls (ONNX Runtime threads and spin; "
+                 "TensorRT precision, cpu/gpu preprocessing, workspace, DLA core; nvpmodel "
+                 "modes with --power-modes as root) through the whole pipeline, unpaced, "
+                 "with bench's machinery: fps, capture-to-publish p50/p99, mean W and "
+                 "inferences/J where a power meter covers the inferring device. Prints a "
+                 "table, writes an SVG plot of fps against W with the Pareto front, and the "
+                 "best setup under the constraints as a config overlay (--out). Example: "
+                 "edge-agent tune --max-p99-ms 60 --out tuned.yaml")
+    p.add_argument("--model", metavar="NAME|PATH", help="model package (default: model.name)")
+    p.add_argument("--frames", type=int, default=200, metavar="N",
+                   help="frames per setup and round (default 200)")
+    p.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="runs per setup, the median by fps is kept (default 1)")
+    p.add_argument("--source", metavar="URI", help="pipeline source (default: source.uri)")
+    p.add_argument("--max-watts", type=float, metavar="W", help="constraint: mean watts")
+    p.add_argument("--min-fps", type=float, metavar="FPS", help="constraint: frames/s")
+    p.add_argument("--max-p99-ms", type=float, metavar="MS",
+                   help="constraint: capture-to-publish p99 in ms")
+    p.add_argument("--objective", choices=("auto", "efficiency", "fps", "latency"),
+                   default="auto", help="what `best` maximises among the setups that meet the "
+                   "constraints: inferences/J (efficiency; auto where energy was measured), "
+                   "fps, or lowest p99 (latency)")
+    p.add_argument("--power-modes", metavar="M,N", help="also try these nvpmodel modes (Jetson, "
+                   "as root); the original mode is restored at the end")
+    p.add_argument("--max-candidates", type=int, metavar="K", help="measure only the first K")
+    p.add_argument("--out", metavar="FILE.yaml",
+                   help="write the best setup as a config overlay YAML (merge it into "
+                        "config.yaml or pass its keys with --set)")
+    p.add_argument("--plot", metavar="FILE.svg", default="tune.svg",
+                   help="the fps-vs-W plot, SVG (default tune.svg; empty to skip)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -334,6 +368,7 @@ COMMANDS = {
     "verify": _body("keys", "cmd_verify"),
     "serve-models": _body("serve_models", "cmd_serve_models"),
     "convert": _body("convert", "cmd_convert"),
+    "tune": _body("tune", "cmd_tune"),
 }  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 

@@ -141,7 +141,8 @@ class Agent(object):
         threads to start as (name, run)."""
         self.slot = FrameSlot(live=probe_live(self.config))
         capture = CaptureStage(self.config, self.slot, self.backends.preprocessor,
-                               self.stats, self.stop, self.health.problem)
+                               self.stats, self.stop, self.health.problem,
+                               frame_pool=self.backends.frame_pool)
         self.inference = InferenceStage(self.slot, self.backends, self.results, self.stats,
                                         self.stop, self.probation.result, self.max_frames)
         publisher = PublishStage(self.config, self.results, self.link.publish, self.stats,

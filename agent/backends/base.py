@@ -139,6 +139,11 @@ class Backend(object):
     def infer_frame(self, frame: np.ndarray) -> Dict[str, np.ndarray]:
         raise BackendError("{}: this backend does not preprocess frames itself".format(self.name))
 
+    def frame_pool(self) -> Any:
+        """Page-locked buffers for the capture thread to write frames into (a backend that
+        uploads frames to a device), else None."""
+        return None
+
     def _adopt_io(self, what: str, inputs: Sequence[Any], input_shape: Sequence[Any],
                   input_is_float: bool, input_type: str, output_names: List[str],
                   check_batch: bool) -> None:

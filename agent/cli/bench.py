@@ -24,7 +24,7 @@ from ..backends import open_backend
 from ..config import Config, load_config
 from ..store.package import ModelPackage
 from ..updates.loader import backend_options, find_bundled_package
-from ..power import open_power
+from ..power import coverage_label, covers, open_power
 from ..preprocess import Preprocessor
 from ..sources import source_from_config
 from ..telemetry import percentiles
@@ -117,12 +117,30 @@ def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames:
             "errors": agent.stats.errors}
 
 
-class EnergyProbe(object):
-    """Energy over a measured span, from the configured power source (None without one)."""
+BENCH_IDLE_S = 5.0   # bench's idle baseline: longer than the daemon's, in parts for a spread
+BENCH_IDLE_PARTS = 5
 
-    def __init__(self, config: Config) -> None:
+
+def inference_device(backend: Any) -> str:
+    """Where `backend` runs its inferences: "gpu" (TensorRT, ONNX Runtime's CUDA provider),
+    "dla" (TensorRT on a DLA core) or "cpu"."""
+    if getattr(backend, "name", "") == "tensorrt":
+        options = getattr(backend, "options", None)
+        return "dla" if getattr(options, "dla_core", None) is not None else "gpu"
+    providers = list(getattr(backend, "providers", []) or [])
+    return "gpu" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+class EnergyProbe(object):
+    """Energy over a measured span, from the configured power source (None without one),
+    with what its meter covers; the idle baseline is BENCH_IDLE_S in BENCH_IDLE_PARTS parts."""
+
+    def __init__(self, config: Config, idle_s: float = BENCH_IDLE_S,
+                 idle_parts: int = BENCH_IDLE_PARTS, root: str = "/") -> None:
         self.stop = threading.Event()
-        self.power = open_power(config.telemetry, self.stop)
+        self.idle_s = idle_s
+        self.power = open_power(config.telemetry, self.stop, root=root, idle_s=idle_s,
+                                idle_parts=idle_parts)
         if self.power.problem is not None:  # an explicit but absent source: bench goes on
             print("bench: no power readings: {}".format(self.power.problem), file=sys.stderr)
 
@@ -130,20 +148,49 @@ class EnergyProbe(object):
     def source(self) -> str:
         return self.power.source
 
+    @property
+    def coverage(self) -> Optional[str]:
+        return self.power.coverage if self.power.sampler is not None else None
+
+    def describe(self, device: str) -> Dict[str, Any]:
+        """The result's power fields: source, coverage (and in words), idle baseline, whether
+        the meter covers `device` (where the inferences run)."""
+        return {"power_source": self.source, "power_coverage": self.coverage,
+                "power_coverage_label": coverage_label(self.coverage),
+                "inference_device": device,
+                "energy_covers_inference": covers(self.coverage, device),
+                "idle_w": _round4(self.power.idle_w),
+                "idle_spread_w": _round4(self.power.idle_spread_w), "idle_s": self.idle_s}
+
     def mark(self) -> Any:
         return self.power.sampler.totals() if self.power.sampler is not None else None
 
-    def energy(self, start: Any, inferences: int) -> Optional[Dict[str, Any]]:
+    def energy(self, start: Any, inferences: int, device: str) -> Optional[Dict[str, Any]]:
+        """Energy since `start` for `inferences` run on `device`; the per-inference figures
+        are null (with `note`) where the meter does not cover that device."""
         if self.power.sampler is None or start is None:
             return None
         window = self.power.sampler.totals().since(start)
-        out = window.per_inference(inferences, idle_w=self.power.idle_w)
+        out = window.per_inference(inferences, idle_w=self.power.idle_w,
+                                   idle_spread_w=self.power.idle_spread_w,
+                                   coverage=self.coverage)
         out["mean_w"] = window.mean_w
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+        if not covers(self.coverage, device):
+            for key in ("mj_per_inference", "inferences_per_joule", "marginal_joules",
+                        "marginal_mj_per_inference", "marginal_within_noise"):
+                out[key] = None
+            out["note"] = "the meter measures {} and the inferences run on the {}: its " \
+                          "joules are not this work's energy".format(
+                              coverage_label(self.coverage), device.upper())
+        return {k: _round4(v) if isinstance(v, float) else v for k, v in out.items()}
 
     def close(self) -> None:
         self.stop.set()
         self.power.close()
+
+
+def _round4(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 4)
 
 
 def _median(values: List[float]) -> float:
@@ -168,6 +215,7 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         prep = Preprocessor(package.input)
         uri = source or config.source.uri
         tensors = _source_tensors(config, uri, prep)
+        device = inference_device(backend)
         # Raw and pipeline alternate for `rounds` rounds and the medians are reported: on a
         # shared 2-core machine one measurement can be 30 % off the next.
         raws = []  # type: List[Dict[str, Any]]
@@ -176,12 +224,12 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         for _ in range(rounds):
             mark = probe.mark()
             raw = measure_raw(backend, tensors, frames)
-            raw["energy"] = probe.energy(mark, frames)
+            raw["energy"] = probe.energy(mark, frames, device)
             raws.append(raw)
             backend.release_thread()  # the pipeline's inference thread takes it over
             mark = probe.mark()
             pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
-            pipeline["energy"] = probe.energy(mark, pipeline["frames"])
+            pipeline["energy"] = probe.energy(mark, pipeline["frames"], device)
             pipelines.append(pipeline)
             telemetries.append(measure_pipeline(config, backend, uri, 0.0, frames,
                                                 telemetry=True))
@@ -210,7 +258,6 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "ratios": [round(r, 3) for r in ratios],
         "raw_fps_rounds": [r["fps"] for r in raws],
         "pipeline_fps_rounds": [p["fps"] for p in pipelines],
-        "power_source": probe.source,
         "pipeline_with_telemetry_fps": with_telemetry["fps"],
         "telemetry_cost": round(1.0 - _median([t["fps"] / p["fps"] for t, p in
                                                zip(telemetries, pipelines)
@@ -220,6 +267,7 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
     }
     e2e = (live["stages_ms"].get("end_to_end") or {}).get("p50")
     raw_p50 = (raw["infer_ms"] or {}).get("p50")
+    result.update(probe.describe(device))
     result["live_latency_over_raw_p50_ms"] = round(e2e - raw_p50, 2) \
         if e2e is not None and raw_p50 is not None else None
     if as_json:
@@ -262,16 +310,48 @@ def print_table(r: Dict[str, Any], uri: str) -> None:
                   r["pipeline_fps_rounds"]))
     print("pipeline with telemetry: {} fps (cost {:.1%})".format(
         r["pipeline_with_telemetry_fps"], r["telemetry_cost"] or 0.0))
-    for name in ("raw", "pipeline"):
-        energy = r[name].get("energy")
-        if energy and energy.get("mj_per_inference") is not None:
-            print("energy, {}: {:.1f} mJ/inference, {:.2f} inferences/J, mean {:.2f} W "
-                  "(marginal over idle {} mJ/inference; source {})".format(
-                      name, energy["mj_per_inference"], energy["inferences_per_joule"],
-                      energy["mean_w"], energy.get("marginal_mj_per_inference"),
-                      r["power_source"]))
-    if r["power_source"] == "none":
-        print("energy: no readable power sensor here (telemetry.power: auto found none)")
+    print_energy(r)
     print("live capture-to-publish p50 - raw infer p50: {} ms".format(
         r["live_latency_over_raw_p50_ms"]))
     print("peak resident memory of this process: {} MB".format(r["max_rss_mb"]))
+
+
+def energy_line(name: str, energy: Optional[Dict[str, Any]], r: Dict[str, Any]) -> Optional[str]:
+    """One line of energy for the `name` measurement, labelled by what the meter covers."""
+    if not energy or energy.get("mean_w") is None:
+        return None
+    label = r["power_coverage_label"]
+    if energy.get("note"):
+        return "energy, {}: no per-inference figure: {} (mean {:.2f} W, {})".format(
+            name, energy["note"], energy["mean_w"], label)
+    if energy.get("mj_per_inference") is None:
+        return None
+    if energy.get("marginal_within_noise"):
+        marginal = "within noise"
+    elif energy.get("marginal_mj_per_inference") is not None:
+        marginal = "{:.1f} mJ/inference".format(energy["marginal_mj_per_inference"])
+    else:
+        marginal = "not measured"
+    return ("energy, {} ({}): {:.1f} mJ/inference, {:.2f} inferences/J, mean {:.2f} W; "
+            "marginal over idle: {}".format(name, label, energy["mj_per_inference"],
+                                            energy["inferences_per_joule"] or 0.0,
+                                            energy["mean_w"], marginal))
+
+
+def print_energy(r: Dict[str, Any]) -> None:
+    """The power meter, what it covers, its idle baseline and the energy lines."""
+    if r["power_source"] == "none":
+        print("energy: no readable power sensor here (telemetry.power: auto found none)")
+        return
+    idle = "idle {:.2f} W +- {:.3f} W over {:.0f} s".format(
+        r["idle_w"], r["idle_spread_w"] or 0.0, r["idle_s"]) if r["idle_w"] is not None \
+        else "idle baseline not measured"
+    print("power: {}, {} ({}); inference on the {}".format(
+        r["power_source"], r["power_coverage_label"], idle, r["inference_device"].upper()))
+    if not r["energy_covers_inference"]:
+        print("  note: this meter does not cover the {}: no energy per inference is "
+              "reported for this work".format(r["inference_device"].upper()))
+    for name in ("raw", "pipeline"):
+        line = energy_line(name, r[name].get("energy"), r)
+        if line:
+            print(line)

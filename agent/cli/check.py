@@ -116,7 +116,7 @@ def check_power(report: Report, config: Config) -> None:
     if os.path.exists("/run/jtop.sock"):
         report.add("jtop", OK, "jtop service socket /run/jtop.sock present")
     try:
-        from ..power import discover_power
+        from ..power import coverage_label, discover_power
     except ImportError:
         return
     try:
@@ -128,7 +128,8 @@ def check_power(report: Report, config: Config) -> None:
     try:
         status = OK if reader.source != "none" or config.telemetry.power == "none" else WARN
         report.add("power", status, "source: {}{}".format(
-            reader.source, "" if reader.source != "none" else
+            reader.source, " (measures: {})".format(coverage_label(reader.coverage))
+            if reader.source != "none" else
             " (no readable power sensor: energy per inference is not reported)"))
     finally:
         reader.close()

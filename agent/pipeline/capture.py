@@ -51,8 +51,12 @@ class CaptureStage(object):
 
     def __init__(self, config: Config, slot: FrameSlot,
                  preprocessor: Callable[[], Optional[Preprocessor]], stats: StageStats,
-                 stop: threading.Event, problem: Callable[[str, Optional[str]], None]) -> None:
+                 stop: threading.Event, problem: Callable[[str, Optional[str]], None],
+                 frame_pool: Callable[[], Any] = lambda: None) -> None:
         self.config = config
+        # The serving backend's pinned buffers (GPU preprocessing): frames are copied into
+        # one here, in this thread, so the inference thread uploads them without a copy.
+        self.frame_pool = frame_pool
         self.slot = slot
         self.preprocessor = preprocessor
         self.stats = stats
@@ -100,10 +104,11 @@ class CaptureStage(object):
                 return False
             t0 = time.monotonic()
             image = source.read()
-            t1 = time.monotonic()
             if image is None:
                 log.info("source %s: end of stream", source.describe())
                 return True
+            image = self._pinned(image)
+            t1 = time.monotonic()
             self.seq += 1
             frame = Frame(image, self.seq, time.time(), t1, source.last_name)
             frame.capture_ms = (t1 - t0) * 1000.0
@@ -121,3 +126,15 @@ class CaptureStage(object):
                 item.preprocess_ms = (time.monotonic() - t1) * 1000.0
             self.slot.put(item, self.stop)
         return False
+
+    def _pinned(self, image: Any) -> Any:
+        """`image` copied into a free buffer of the backend's pinned pool, where there is one
+        (else `image` itself)."""
+        pool = self.frame_pool()
+        if pool is None or getattr(image, "dtype", None) != np.uint8:
+            return image
+        buf = pool.acquire(image.shape)
+        if buf is None:
+            return image
+        np.copyto(buf, image)
+        return buf

@@ -68,6 +68,11 @@ class BackendSlot(object):
         model = self.model
         return model.preprocessor if model is not None else None
 
+    def frame_pool(self) -> Any:
+        """The serving backend's pinned frame pool (GPU preprocessing), else None."""
+        model = self.model
+        return model.backend.frame_pool() if model is not None else None
+
     def swap(self, backend: Backend, timeout: float = 30.0) -> None:
         """Hand a loaded backend to the inference thread and wait until it runs it.
 

@@ -1,6 +1,6 @@
 """Energy arithmetic: the trapezoid integral of watts, and windows between cumulative totals."""
 
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from .readers import PowerReading
 
@@ -45,6 +45,20 @@ def integrate_trapezoid(samples: Iterable[Tuple[float, Optional[float]]]) -> flo
     return integrator.joules
 
 
+NOISE_SIGMAS = 2.0  # a marginal figure must exceed this many baseline spreads to count
+
+
+def within_noise(marginal_j: float, seconds: float, idle_spread_w: Optional[float],
+                 joules: float = 0.0) -> bool:
+    """True when `marginal_j` joules over `seconds` are not above the idle baseline's noise:
+    not above NOISE_SIGMAS x `idle_spread_w` x seconds (the spread is the standard deviation
+    of the baseline's sub-window means; None counts as 0), nor above float rounding of the
+    window's `joules`. A marginal of zero or below is always within noise: the work cannot
+    have drawn less than idle."""
+    rounding = 1e-9 * abs(joules)
+    return marginal_j <= NOISE_SIGMAS * (idle_spread_w or 0.0) * seconds + rounding
+
+
 class EnergyWindow(object):
     """Energy between two EnergyTotals snapshots: joules, seconds, mean watts, per-rail joules."""
 
@@ -65,21 +79,29 @@ class EnergyWindow(object):
             return None
         return self.joules - idle_w * self.seconds
 
-    def per_inference(self, n: int, idle_w: Optional[float] = None) -> Dict[str, Optional[float]]:
+    def per_inference(self, n: int, idle_w: Optional[float] = None,
+                      idle_spread_w: Optional[float] = None,
+                      coverage: Optional[str] = None) -> Dict[str, Any]:
         """The telemetry `energy` fields for `n` inferences in this window (None when n == 0 or
-        there is no power); with `idle_w`, also the marginal (above idle) figures."""
+        there is no power), labelled with the meter's `coverage`; with `idle_w`, also the
+        marginal (above idle) figures, which are null with `marginal_within_noise` true when
+        the marginal joules are not above the baseline's noise (see within_noise)."""
         out = {"joules": self.joules, "mj_per_inference": None,
-               "inferences_per_joule": None}  # type: Dict[str, Optional[float]]
+               "inferences_per_joule": None, "coverage": coverage}  # type: Dict[str, Any]
         if self.joules is not None and n > 0:
             out["mj_per_inference"] = 1000.0 * self.joules / n
             if self.joules > 0:
                 out["inferences_per_joule"] = n / self.joules
         if idle_w is not None:
             marginal = self.marginal_joules(idle_w)
+            noisy = marginal is not None and within_noise(marginal, self.seconds,
+                                                          idle_spread_w, self.joules or 0.0)
             out["idle_w"] = idle_w
-            out["marginal_joules"] = marginal
+            out["idle_spread_w"] = idle_spread_w
+            out["marginal_within_noise"] = noisy if marginal is not None else None
+            out["marginal_joules"] = None if noisy else marginal
             out["marginal_mj_per_inference"] = (
-                1000.0 * marginal / n if marginal is not None and n > 0 else None)
+                1000.0 * marginal / n if marginal is not None and not noisy and n > 0 else None)
         return out
 
     def __repr__(self) -> str:

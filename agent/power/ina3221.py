@@ -81,6 +81,7 @@ class Ina3221IioReader(_RailsReader):
     """
 
     source = "ina3221-iio"
+    coverage = "board"  # the total is the board input rail VDD_IN / POM_5V_IN
     PATTERN = "sys/bus/i2c/drivers/ina3221x/*/iio:device*"
     MISSING = ("power: iio: no INA3221 rails at {pattern} (rail_name_N files; JetPack 4 boards: "
                "Nano, TX2, AGX Xavier); fix: use telemetry.power: hwmon on JetPack 5/6, or auto")
@@ -108,6 +109,7 @@ class Ina3221HwmonReader(_RailsReader):
     """
 
     source = "ina3221-hwmon"
+    coverage = "board"  # the total is the board input rail VDD_IN / POM_5V_IN
     PATTERN = "sys/bus/i2c/devices/*/hwmon/hwmon*"
     MISSING = ("power: hwmon: no INA3221 rails at {pattern}/in*_label (JetPack 5/6 boards); fix: "
                "use telemetry.power: iio on JetPack 4, or auto")

@@ -69,6 +69,7 @@ class JtopPowerReader(PowerReader):
     """
 
     source = "jtop"
+    coverage = "board"  # jtop's total is the board input rail (else None)
 
     def __init__(self, jtop_factory: Optional[Callable[[], Any]] = None, interval: float = 0.5,
                  clock: Optional[Clock] = None) -> None:

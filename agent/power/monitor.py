@@ -7,13 +7,16 @@ from typing import Any, Optional
 from ..errors import AgentError
 from .discovery import discover_power
 from .nvml import NvmlPowerReader
-from .readers import NonePowerReader, PowerReader
+from .readers import NonePowerReader, PowerReader, coverage_label
 from .sampler import PowerSampler
 from .thermal import GpuLoadReader, ThermalReader
 
 logger = logging.getLogger(__name__)
 
-IDLE_S = 1.0  # seconds of idle measured before inference starts, for the marginal energy
+# Idle measured before inference starts, for the marginal energy: IDLE_S seconds in
+# IDLE_PARTS sub-windows, whose spread is the baseline's noise (energy.within_noise).
+IDLE_S = 2.0
+IDLE_PARTS = 4
 
 
 class PowerMonitor(object):
@@ -21,7 +24,8 @@ class PowerMonitor(object):
 
     `reader` is the power source (a NonePowerReader without one), `sampler` its running
     PowerSampler (None without power), `idle_w` the idle baseline in watts (None when not
-    measured), `thermal` and `gpu_load` the temperature and GPU load readers. `problem` is why
+    measured) and `idle_spread_w` its noise (the standard deviation of the sub-window means),
+    `thermal` and `gpu_load` the temperature and GPU load readers. `problem` is why
     the configured source is missing (an explicit telemetry.power that is absent or broken),
     else None: `auto` finding no sensor is no problem (the NonePowerReader's `reasons` say what
     it tried).
@@ -35,10 +39,16 @@ class PowerMonitor(object):
         self.gpu_load = gpu_load
         self.sampler = None  # type: Optional[PowerSampler]
         self.idle_w = None  # type: Optional[float]
+        self.idle_spread_w = None  # type: Optional[float]
 
     @property
     def source(self) -> str:
         return self.reader.source
+
+    @property
+    def coverage(self) -> Optional[str]:
+        """What the power source's total covers ("board", "gpu", ...), None without one."""
+        return self.reader.coverage
 
     def close(self, timeout: float = 2.0) -> None:
         """After the sampler's stop event is set: wait for its thread, then close the reader."""
@@ -47,10 +57,12 @@ class PowerMonitor(object):
         self.reader.close()
 
 
-def open_power(telemetry: Any, stop: threading.Event, root: str = "/") -> PowerMonitor:
+def open_power(telemetry: Any, stop: threading.Event, root: str = "/", idle_s: float = IDLE_S,
+               idle_parts: int = IDLE_PARTS) -> PowerMonitor:
     """Find the power source of `telemetry.power` once under `root`, start its sampler at
-    `telemetry.sample_hz` on `stop` and measure the idle baseline (IDLE_S seconds, or until
-    `stop` is set). Call it before the model loads: the baseline needs an idle board.
+    `telemetry.sample_hz` on `stop` and measure the idle baseline (`idle_s` seconds in
+    `idle_parts` sub-windows, or until `stop` is set). Call it before the model loads: the
+    baseline needs an idle board.
 
     A configured source that is absent raises nothing: the monitor then has no power and its
     `problem` says what and the fix, for the caller to log and report.
@@ -68,7 +80,9 @@ def open_power(telemetry: Any, stop: threading.Event, root: str = "/") -> PowerM
         logger.info("power: no readable sensor; energy per inference is not reported")
         return monitor
     monitor.sampler = PowerSampler(reader, stop, sample_hz=telemetry.sample_hz).start()
-    monitor.idle_w = monitor.sampler.measure_idle(IDLE_S, stop)
-    logger.info("power: %s, idle baseline %s W", reader.source,
-                "{:.2f}".format(monitor.idle_w) if monitor.idle_w is not None else "unknown")
+    monitor.idle_w = monitor.sampler.measure_idle(idle_s, stop, parts=idle_parts)
+    monitor.idle_spread_w = monitor.sampler.idle_spread_w if monitor.idle_w is not None else None
+    logger.info("power: %s (%s), idle baseline %s W", reader.source,
+                coverage_label(reader.coverage), "unknown" if monitor.idle_w is None else
+                "{:.2f} +- {:.3f}".format(monitor.idle_w, monitor.idle_spread_w or 0.0))
     return monitor

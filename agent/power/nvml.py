@@ -33,6 +33,7 @@ class NvmlPowerReader(PowerReader):
     """
 
     source = "nvml"
+    coverage = "gpu"  # the GPUs' own draw: not the CPU, memory or the rest of the host
     POWER_FIELDS = ("auto", "usage", "instant")
 
     def __init__(self, nvml_module: Any = None, indices: Optional[Sequence[int]] = None,
@@ -160,7 +161,7 @@ class NvmlPowerReader(PowerReader):
         return out
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.source, "gpus": dict(self.names),
+        return {"source": self.source, "coverage": self.coverage, "gpus": dict(self.names),
                 "energy_counter": self._counter, "power_field": self.power_field}
 
     def close(self) -> None:

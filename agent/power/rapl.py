@@ -41,6 +41,7 @@ class RaplReader(PowerReader):
     """
 
     source = "rapl"
+    coverage = "cpu_package"  # "platform" where the psys domain exists (set in __init__)
     PATTERN = "sys/class/powercap/intel-rapl:*"
 
     def __init__(self, root: str = "/", clock: Optional[Clock] = None) -> None:
@@ -88,6 +89,8 @@ class RaplReader(PowerReader):
         psys = [d for d in self._domains if d.top and d.name.startswith("psys")]
         packages = [d for d in self._domains if d.top and d.name.startswith("package")]
         self._total_domains = psys[:1] or packages or [d for d in self._domains if d.top]
+        # psys is the platform; packages (or other top domains) are the CPU packages only.
+        self.coverage = "platform" if psys else "cpu_package"
         self._lock = threading.Lock()
         self._last_read = (self._clock(), self._snapshot())
 
@@ -133,5 +136,5 @@ class RaplReader(PowerReader):
             return self._total_uj() / 1e6
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.source, "domains": [d.name for d in self._domains],
+        return {"source": self.source, "coverage": self.coverage, "domains": [d.name for d in self._domains],
                 "total": [d.name for d in self._total_domains]}

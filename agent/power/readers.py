@@ -13,6 +13,30 @@ from ..errors import AgentError
 # Rails that measure the whole board's input on Jetson modules (PLATFORM.md section 4).
 BOARD_INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
 
+# What a reader's total covers (its `coverage`, telemetry's `power_coverage`), in words.
+COVERAGE_LABELS = {
+    "board": "whole board",
+    "gpu": "GPU only",
+    "cpu_package": "CPU package only",
+    "platform": "platform (RAPL psys: CPU, memory controller, some of the chipset)",
+}
+# The devices each coverage includes: energy per inference is that device's figure only when
+# the inference runs on one of them.
+COVERED_DEVICES = {"board": ("cpu", "gpu", "dla"), "gpu": ("gpu",), "cpu_package": ("cpu",),
+                   "platform": ("cpu",)}
+
+
+def coverage_label(coverage: Optional[str]) -> str:
+    """`coverage` in words ("GPU only", "whole board"); "no power meter" for None."""
+    if coverage is None:
+        return "no power meter"
+    return COVERAGE_LABELS.get(coverage, coverage)
+
+
+def covers(coverage: Optional[str], device: Optional[str]) -> bool:
+    """True when a meter of `coverage` includes `device` ("cpu", "gpu", "dla")."""
+    return device is not None and device in COVERED_DEVICES.get(coverage or "", ())
+
 Clock = Callable[[], float]
 
 
@@ -63,10 +87,13 @@ class PowerReader(object):
     """Base of all power sources: discovered once in __init__, then `read()` many times.
 
     read() never raises for a sensor that fails now and then: that rail is left out of the
-    reading. `source` names the implementation for telemetry and the `check` doctor.
+    reading. `source` names the implementation for telemetry and the `check` doctor;
+    `coverage` says what its total measures: "board" (the whole board's input), "gpu" (the
+    GPUs only), "cpu_package" (the CPU packages only), "platform" (RAPL psys), or None.
     """
 
     source = "none"
+    coverage = None  # type: Optional[str]
 
     def __init__(self, clock: Optional[Clock] = None) -> None:
         self._clock = clock or time.monotonic  # type: Clock
@@ -85,7 +112,7 @@ class PowerReader(object):
 
     def describe(self) -> Dict[str, Any]:
         """What this reader found, for the `check` doctor and the info topic."""
-        return {"source": self.source}
+        return {"source": self.source, "coverage": self.coverage}
 
     def close(self) -> None:
         pass
@@ -102,4 +129,4 @@ class NonePowerReader(PowerReader):
         self.reasons = dict(reasons or {})  # type: Dict[str, str]
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.source, "skipped": dict(self.reasons)}
+        return {"source": self.source, "coverage": None, "skipped": dict(self.reasons)}

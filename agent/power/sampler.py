@@ -42,6 +42,7 @@ class PowerSampler(object):
         self._last = None  # type: Optional[PowerReading]
         self._thread = BackgroundThread(self._run, "power-sampler")
         self.idle_w = None  # type: Optional[float]
+        self.idle_spread_w = None  # type: Optional[float]
 
     # -- the thread
 
@@ -143,34 +144,54 @@ class PowerSampler(object):
                 self._cond.wait(min(remaining, 1.0))
 
     def measure_idle(self, seconds: float, stop: Optional[threading.Event] = None,
-                     timeout: Optional[float] = None) -> Optional[float]:
+                     timeout: Optional[float] = None, parts: int = 1) -> Optional[float]:
         """Mean watts over `seconds` of idle, measured before inference starts, so telemetry
         can report marginal energy (joules - idle_w * seconds). None without power or when
         `stop` is set first. With the thread running its samples are used; otherwise this
         samples in the caller's thread. The result is also kept as `idle_w`.
+
+        With `parts` >= 2 the span is cut into that many equal sub-windows and the standard
+        deviation of their means is kept as `idle_spread_w` (the baseline's noise: a marginal
+        figure inside it is not a measurement), else `idle_spread_w` is None.
         """
         stop = stop or self.stop
+        parts = max(1, int(parts))
         if self.running:
             if timeout is None:
                 timeout = 2.0 * seconds + 10.0 * self.period + 1.0
             self.wait_for(lambda t: t.ts is not None or stop.is_set(), timeout=timeout)
-            first = self.totals()
-            if first.ts is None:
-                return None
-            start_ts = first.ts
-            self.wait_for(lambda t: stop.is_set() or (t.ts is not None
-                                                      and t.ts - start_ts >= seconds),
-                          timeout=timeout)
         else:
             self.sample_once()
-            first = self.totals()
-            while first.ts is not None and not stop.wait(self.period):
-                self.sample_once()
-                latest = self.totals()
-                if latest.ts is not None and latest.ts - first.ts >= seconds:
-                    break
-        window = self.totals().since(first)
-        if window.seconds < seconds or window.mean_w is None:
+        first = self.totals()
+        if first.ts is None:
             return None
+        marks = [first]
+        for part in range(1, parts + 1):
+            mark = self._advance_to(first.ts + seconds * part / parts, stop, timeout)
+            if mark is None:
+                return None
+            marks.append(mark)
+        window = marks[-1].since(first)
+        if window.seconds < seconds - 1e-6 or window.mean_w is None:
+            return None
+        means = [b.since(a).mean_w for a, b in zip(marks, marks[1:])]
+        self.idle_spread_w = None
+        if parts >= 2 and all(m is not None for m in means):
+            average = sum(means) / len(means)
+            self.idle_spread_w = (sum((m - average) ** 2 for m in means)
+                                  / (len(means) - 1)) ** 0.5
         self.idle_w = window.mean_w
         return self.idle_w
+
+    def _advance_to(self, ts: float, stop: threading.Event,
+                    timeout: Optional[float]) -> Optional[EnergyTotals]:
+        """The totals at the first sample at or after monotonic `ts` (None when stopped)."""
+        def reached(t: EnergyTotals) -> bool:
+            return t.ts is not None and t.ts >= ts - 1e-9
+        if self.running:
+            self.wait_for(lambda t: stop.is_set() or reached(t), timeout=timeout)
+        else:
+            while not reached(self.totals()) and not stop.wait(self.period):
+                self.sample_once()
+        latest = self.totals()
+        return latest if reached(latest) else None

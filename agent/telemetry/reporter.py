@@ -1,7 +1,8 @@
 """The telemetry thread: one message per interval with fps, latency, CPU, memory and power.
 
-`start_power()` finds the power sensor once and measures the idle baseline (before a model
-loads: the baseline needs an idle board). `run()` then publishes every `telemetry.interval_s`
+`start_power()` finds the power sensor once (power.open_power) and measures the idle baseline
+(before a model loads: the baseline needs an idle board). `power_coverage` says what the
+meter covers ("board", "gpu", "cpu_package", "platform"; null without one). `run()` then publishes every `telemetry.interval_s`
 and a last, partial window (`final`) when the agent stops. Each window carries only its own
 frames and joules.
 """
@@ -13,9 +14,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..config import Config
-from ..errors import AgentError
-from ..power import (GpuLoadReader, NonePowerReader, NvmlPowerReader, PowerSampler,
-                     ThermalReader, discover_power)
+from ..power import PowerSampler, open_power
 from .stats import StageStats
 
 log = logging.getLogger("edge-agent")
@@ -51,31 +50,21 @@ class TelemetryReporter(object):
         self.gpu_load = None  # type: Any
         self.sampler = None  # type: Optional[PowerSampler]
         self.idle_w = None  # type: Optional[float]
+        self.idle_spread_w = None  # type: Optional[float]
         self.begin_window()
 
     def start_power(self) -> None:
         """Find the power source once, start the sampler, measure the idle baseline."""
-        cfg = self.config.telemetry
-        try:
-            # NVML's energy counter costs ~3 ms a read; the trapezoid over its instant power
-            # field agreed within 0.1 % on an H100 (tools/gpu), so the daemon does not read it.
-            reader = discover_power(cfg.power, root=self.sysfs_root, energy_counter=False)
-        except AgentError as exc:
-            log.error("%s; telemetry goes on without power", exc)
-            self.problem("power", str(exc))
-            reader = NonePowerReader()
-        self.power_reader = reader
-        self.thermal = ThermalReader(self.sysfs_root)
-        self.gpu_load = GpuLoadReader(self.sysfs_root, nvml=reader if isinstance(
-            reader, NvmlPowerReader) else None)
-        if reader.source == "none":
-            log.info("power: no readable sensor; energy per inference is not reported")
-            return
-        self.sampler = PowerSampler(reader, self.stop, sample_hz=cfg.sample_hz)
-        self.sampler.start()
-        self.idle_w = self.sampler.measure_idle(1.0, self.stop)
-        log.info("power: %s, idle baseline %s W", reader.source,
-                 "{:.2f}".format(self.idle_w) if self.idle_w is not None else "unknown")
+        monitor = open_power(self.config.telemetry, self.stop, root=self.sysfs_root)
+        if monitor.problem is not None:
+            log.error("%s; telemetry goes on without power", monitor.problem)
+            self.problem("power", monitor.problem)
+        self.power_reader = monitor.reader
+        self.thermal = monitor.thermal
+        self.gpu_load = monitor.gpu_load
+        self.sampler = monitor.sampler
+        self.idle_w = monitor.idle_w
+        self.idle_spread_w = monitor.idle_spread_w
 
     def begin_window(self) -> None:
         """Start the first window now: energy, time, CPU and drop counts."""
@@ -133,10 +122,13 @@ class TelemetryReporter(object):
         return message
 
     def _power_fields(self, start: Any, frames: int) -> Tuple[Dict[str, Any], Any]:
-        """The telemetry `power`, `energy`, `temperature_c` and `gpu_load` fields, and the
-        energy totals that start the next window."""
+        """The telemetry `power`, `power_coverage`, `energy`, `temperature_c` and `gpu_load`
+        fields, and the energy totals that start the next window."""
+        coverage = getattr(self.power_reader, "coverage", None)
         fields = {"temperature_c": self.thermal.read() or None,
-                  "gpu_load": self.gpu_load.read()}  # type: Dict[str, Any]
+                  "gpu_load": self.gpu_load.read(),
+                  "power_coverage": coverage if self.sampler is not None else None
+                  }  # type: Dict[str, Any]
         if self.sampler is None:
             fields["power"] = {"source": "none"}
             fields["energy"] = None
@@ -149,8 +141,10 @@ class TelemetryReporter(object):
                            if last else {}}
         window = now.since(start) if start is not None else None
         if window is not None:
-            energy = window.per_inference(frames, idle_w=self.idle_w)
-            energy = {k: _round(v, 4) for k, v in energy.items()}
+            energy = window.per_inference(frames, idle_w=self.idle_w,
+                                          idle_spread_w=self.idle_spread_w, coverage=coverage)
+            energy = {k: _round(v, 4) if isinstance(v, float) else v
+                      for k, v in energy.items()}
             energy["mean_w"] = _round(window.mean_w, 3)
             energy["rails_j"] = {k: _round(v, 4) for k, v in (window.rails_j or {}).items()}
             fields["energy"] = energy

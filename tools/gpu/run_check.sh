@@ -1,6 +1,7 @@
 #!/bin/bash
 # Build pycuda from its sdist on the GPU machine (no network there) and run the CUDA check.
 # Usage (repo root, on the lent GPU machine): bash tools/gpu/run_check.sh  [wheels folder]
+# (ONLY="tools/gpu/check_pinned_pool.py --trt-double tests/support/doubles" runs that check alone)
 set -u
 WHEELS=${1:-.whl/cudacheck}
 OUT=${OUT:-/tmp/out}
@@ -25,5 +26,9 @@ tail -5 "$OUT/pycuda-build.log"
 [ $rc -eq 0 ] || { echo "pycuda build failed (rc=$rc)"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/pycuda-wheel/pycuda-*.whl || exit 1
 python3 -c "import pycuda.driver as d; d.init(); print('pycuda', __import__('pycuda').VERSION_TEXT, d.Device(0).name())"
+# ONLY="script args": run that one check instead of the two below (e.g. check_pinned_pool.py).
+if [ -n "${ONLY:-}" ]; then
+  PYTHONUNBUFFERED=1 python3 $ONLY 2>&1 | tee "$OUT/only.txt"; exit "${PIPESTATUS[0]}"
+fi
 PYTHONUNBUFFERED=1 python3 tools/gpu/check_cuda_backend.py --runs ${RUNS:-300} --out "$OUT/check.json" 2>&1 | tee "$OUT/check.txt"
 PYTHONUNBUFFERED=1 python3 tools/gpu/check_trt_backend.py --trt-double tests/support/doubles --out "$OUT/trt_backend.json" 2>&1 | tee "$OUT/trt_backend.txt"

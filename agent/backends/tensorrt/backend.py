@@ -21,6 +21,7 @@ from .build import BuildResult, build_engine, builder_flags_for
 from .calibrator import calibration_digest, calibration_images
 from .cuda import CudaContext
 from .engine_cache import CacheLookup, EngineCache, make_fingerprint
+from .frame_pool import PinnedFramePool
 from .gpu_preprocess import checked_gpu_preprocessor
 from .io import io_adapter
 from .runtime import import_tensorrt, make_logger, trt_version
@@ -57,6 +58,7 @@ class TensorRTBackend(Backend):
         self._context = None  # type: Any
         self._buffers = None  # type: Optional[EngineBuffers]
         self._gpu_pre = None  # type: Any
+        self._frame_pool = None  # type: Optional[PinnedFramePool]
 
     @classmethod
     def available(cls) -> bool:
@@ -89,6 +91,8 @@ class TensorRTBackend(Backend):
         self._runtime = None
 
     def _teardown(self) -> None:
+        if self._frame_pool is not None:
+            self._frame_pool.close()
         cuda, self._cuda = self._cuda, None
         self._buffers = None
         if cuda is not None:
@@ -194,6 +198,7 @@ class TensorRTBackend(Backend):
         try:
             self._gpu_pre = checked_gpu_preprocessor(self._cuda, self.package.input)
             self.preprocess_mode = "gpu"
+            self._frame_pool = PinnedFramePool(self._cuda)
         except AgentError as exc:
             if mode == "gpu":
                 raise BackendError("model {}: backend.preprocess is gpu but GPU preprocessing is "
@@ -250,8 +255,17 @@ class TensorRTBackend(Backend):
         assert cuda is not None and buffers is not None
         cuda.check_thread("infer_frame()")
         buffers.set_shape(tuple(self.package.input.shape))
-        self._gpu_pre.run(frame, buffers.input_device)
+        pool = self._frame_pool
+        pinned = False
+        if pool is not None:
+            pool.serve()  # allocates the pinned frames capture asked for, in this context
+            pinned = pool.owns(frame)
+        self._gpu_pre.run(frame, buffers.input_device, pinned=pinned)
         return buffers.execute_and_fetch()
+
+    def frame_pool(self) -> Optional[PinnedFramePool]:
+        """The pinned frame buffers the capture thread writes frames into (GPU preprocessing)."""
+        return self._frame_pool
 
     def release_thread(self) -> None:
         """Hand the backend to another thread: call in the thread that loaded (or last used) it.

@@ -183,12 +183,17 @@ class CudaContext(object):
             self._stream = self._driver.Stream()
         return self._stream
 
-    def pinned(self, shape: Any, dtype: Any) -> np.ndarray:
-        """A page-locked host array (fast, async-capable copies), freed at close()."""
+    def pinned(self, shape: Any, dtype: Any, owned: bool = True) -> np.ndarray:
+        """A page-locked host array (fast, async-capable copies), freed at close().
+
+        owned=False: not freed at close() but when the array is garbage collected (pycuda
+        frees page-locked memory with its last reference), for buffers that other threads
+        may still hold after this context closes (the capture pool's frames after a swap).
+        """
         self.check_thread("pinned()")
         array = self._driver.pagelocked_empty(shape, dtype)
         base = array.base
-        if base is not None and hasattr(base, "free"):
+        if owned and base is not None and hasattr(base, "free"):
             self.own("pinned host buffer", base.free)
         return array
 

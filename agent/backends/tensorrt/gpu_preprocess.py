@@ -322,11 +322,13 @@ class GpuPreprocessor(object):
         self._device = self.cuda.device_alloc(frame_h * frame_w * 3)
         self._frame_shape = (frame_h, frame_w)
 
-    def run(self, frame: np.ndarray, dst_ptr: int) -> None:
+    def run(self, frame: np.ndarray, dst_ptr: int, pinned: bool = False) -> None:
         """Enqueue upload + kernel for `frame` (HxWx3 uint8 BGR) writing into `dst_ptr`.
 
         Asynchronous on the context's stream: synchronize (or enqueue more work on the same
-        stream) before reading the result.
+        stream) before reading the result, and do not change `frame` before that. `pinned`:
+        the frame is already page-locked (frame_pool.PinnedFramePool) and is uploaded from
+        where it is, without the copy into the staging buffer.
         """
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError("frame must be HxWx3 uint8 (BGR), got shape {} dtype {}".format(
@@ -335,7 +337,9 @@ class GpuPreprocessor(object):
         self._ensure_buffers(frame_h, frame_w)
         host = self._host
         assert host is not None
-        if not _same_memory(frame, host):
+        if pinned and frame.flags["C_CONTIGUOUS"]:
+            host = frame
+        elif not _same_memory(frame, host):
             np.copyto(host, frame)
         self.cuda.htod_async(self._device, host)
         self.launch(self._device, frame_w * 3, dst_ptr, self.args_for(frame_h, frame_w))

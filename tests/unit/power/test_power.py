@@ -637,7 +637,8 @@ def test_windows_between_snapshots_and_per_inference():
     assert window.mean_w == pytest.approx(16.25)
     assert window.rails_j == pytest.approx({"GPU": 45.0})
     assert window.samples == 4
-    energy = window.per_inference(130)
+    energy = window.per_inference(130, coverage="board")
+    assert energy.pop("coverage") == "board"
     assert energy == pytest.approx({"joules": 65.0, "mj_per_inference": 500.0,
                                     "inferences_per_joule": 2.0})
     with_idle = window.per_inference(130, idle_w=10.0)
@@ -655,7 +656,7 @@ def test_no_power_gives_null_energy():
     window = sampler.totals().since(first)
     assert window.joules is None and window.mean_w is None
     assert window.per_inference(10) == {"joules": None, "mj_per_inference": None,
-                                        "inferences_per_joule": None}
+                                        "inferences_per_joule": None, "coverage": None}
     later = sampler.totals()
     assert later.since(sampler.totals()).joules is None and later.total_j is None
 

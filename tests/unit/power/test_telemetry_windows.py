@@ -122,7 +122,11 @@ def test_marginal_energy_is_per_window_against_the_idle_baseline(setup):
     set_power(root, 4000, 2000)
     run_window(reporter, clock, 1, 0)                      # the 2 -> 4 W step, its own window
     third = run_window(reporter, clock, 5, 10)             # 5 s at 4 W: 10 J above idle
-    assert first["energy"]["marginal_joules"] == pytest.approx(0.0, abs=1e-9)
+    # At idle the marginal is zero: "within noise", never a number (nor a negative one).
+    assert first["energy"]["marginal_joules"] is None
+    assert first["energy"]["marginal_mj_per_inference"] is None
+    assert first["energy"]["marginal_within_noise"] is True
+    assert third["energy"]["marginal_within_noise"] is False
     assert third["energy"]["joules"] == pytest.approx(20.0)
     assert third["energy"]["idle_w"] == pytest.approx(2.0)
     assert third["energy"]["marginal_joules"] == pytest.approx(10.0)
@@ -140,3 +144,41 @@ def test_window_sums_add_up_to_the_whole_run(setup):
     total = reporter.sampler.totals().since(start).joules
     assert sum(m["energy"]["joules"] for m in messages) == pytest.approx(total)
     assert len(set(round(m["energy"]["joules"], 6) for m in messages)) == 4
+
+
+def test_power_coverage_is_a_top_level_field_and_labels_the_energy(setup):
+    reporter, clock, root, link = setup
+    message = run_window(reporter, clock, 2, 4)
+    assert message["power_coverage"] == "board"     # the Nano's POM_5V_IN
+    assert message["energy"]["coverage"] == "board"
+    assert link.telemetry[-1]["power_coverage"] == "board"
+
+
+def test_without_power_the_coverage_is_null(setup):
+    reporter, clock, root, link = setup
+    reporter.sampler = None
+    message = reporter.publish_once()
+    assert message["power_coverage"] is None and message["energy"] is None
+    assert message["power"] == {"source": "none"}
+
+
+def test_marginal_below_the_baseline_noise_is_within_noise(setup):
+    """A draw under the baseline (negative marginal) or above it by less than the baseline's
+    spread is reported as within noise; above the noise it is a number."""
+    reporter, clock, root, link = setup
+    reporter.idle_w = 2.1
+    reporter.idle_spread_w = 0.05
+    below = run_window(reporter, clock, 4, 10)      # 2.0 W < 2.1 W idle: negative marginal
+    assert below["energy"]["marginal_within_noise"] is True
+    assert below["energy"]["marginal_joules"] is None
+    assert below["energy"]["idle_spread_w"] == pytest.approx(0.05)
+    set_power(root, 2180, 400)
+    run_window(reporter, clock, 1, 0)
+    inside = run_window(reporter, clock, 4, 10)     # +0.08 W < 2 x 0.05 W: noise
+    assert inside["energy"]["marginal_within_noise"] is True
+    set_power(root, 2500, 400)
+    run_window(reporter, clock, 1, 0)
+    above = run_window(reporter, clock, 4, 10)      # +0.4 W over 4 s: 1.6 J, 160 mJ each
+    assert above["energy"]["marginal_within_noise"] is False
+    assert above["energy"]["marginal_joules"] == pytest.approx(1.6)
+    assert above["energy"]["marginal_mj_per_inference"] == pytest.approx(160.0)
