@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="edge-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
-                _add_profile):
+                _add_profile, _add_fleet):
         add(sub)
     return parser
 
@@ -196,6 +196,36 @@ def _add_profile(sub: Any) -> None:
     p.add_argument("--runs", type=int, default=50)
 
 
+FLEET_DESCRIPTION = """\
+The operator's view of many devices, from the agents' own MQTT topics: the retained
+P/D/status and P/D/info, the latest P/D/telemetry, and the events. `-c/--config` names the
+broker (mqtt.*) and the topic prefix, as for `send`.
+
+  edge-agent fleet ls --group lab               # a table; --json: one JSON object per line
+"""
+
+
+def _add_fleet(sub: Any) -> None:
+    """`fleet`: inventory and staged rollouts."""
+    p = sub.add_parser("fleet", help="operator side: fleet inventory and staged rollouts",
+                       description=FLEET_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet = p.add_subparsers(dest="fleet_command", metavar="ACTION")
+    fleet.required = True
+    ls = _command(fleet, "ls", "every device: state, model, fps, latency, power, energy",
+                  "One line per device: state (offline devices with the reason: shutdown, "
+                  "or `connection lost` from the Last Will), model@version, backend/"
+                  "precision, fps, inference p50 (ms), power (W), inferences per joule, "
+                  "the hottest thermal zone, when it was last heard from, and its boot id. "
+                  "Status and info are retained; telemetry is awaited from each online "
+                  "device for at most --wait seconds.")
+    ls.add_argument("--group", metavar="G", help="only devices of group G (device.group)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per device and line")
+    ls.add_argument("--wait", type=float, default=6.0, metavar="S",
+                    help="seconds to wait for telemetry from online devices (default 6: "
+                         "a little more than the default telemetry.interval_s; 0 = none)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .cli.bench import run_bench
     from .cli import config_from_args
@@ -223,6 +253,7 @@ COMMANDS = {
     "models": _body("models", "cmd_models"),
     "build": _body("models", "cmd_build"),
     "profile": _body("models", "cmd_profile"),
+    "fleet": _body("fleet", "cmd_fleet"),
 }  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 

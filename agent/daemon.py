@@ -80,7 +80,8 @@ class Agent(object):
             listeners=self.telemetry_listeners)
         self.health = Health(self.device_id, self.boot, redact_text(config.source.uri),
                              model=lambda: self.backends.model,
-                             telemetry=lambda: self.reporter.last, notifier=notifier)
+                             telemetry=lambda: self.reporter.last, notifier=notifier,
+                             group=config.device.group)
         self.probation = ProbationWatch(config.updates, self._rollback)
         self.slot = None  # type: Optional[FrameSlot]
         self.results = queue.Queue(maxsize=1024)  # type: queue.Queue  # inference -> publish
