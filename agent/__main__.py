@@ -202,6 +202,18 @@ P/D/status and P/D/info, the latest P/D/telemetry, and the events. `-c/--config`
 broker (mqtt.*) and the topic prefix, as for `send`.
 
   edge-agent fleet ls --group lab               # a table; --json: one JSON object per line
+  edge-agent fleet rollout install.json --group lab --canary 10% --batch 20 --window 60
+  edge-agent fleet pause --group lab            # or abort; then: fleet rollout --resume
+  edge-agent fleet rollback --group lab         # model/rollback on every online device
+
+A rollout sends model/install to a canary stage, then batches; each device must report
+`activated`, then its telemetry is watched for --window seconds. It stops and rolls back
+every device it changed when more than --max-failures devices fail, or when a device's
+inference p50 or end-to-end p99 grows, or its inferences per joule shrink, by more than
+--max-regression against its own figures before the update. Its state is kept in a JSON
+file (--state, default ./fleet-rollout-GROUP.json, written atomically) so --resume continues
+without redoing finished devices. Exit codes: 0 done, 1 rolled back or aborted, 3 paused or
+incomplete (devices offline: rerun with --resume), 2 usage or broker errors.
 """
 
 
@@ -224,6 +236,46 @@ def _add_fleet(sub: Any) -> None:
     ls.add_argument("--wait", type=float, default=6.0, metavar="S",
                     help="seconds to wait for telemetry from online devices (default 6: "
                          "a little more than the default telemetry.interval_s; 0 = none)")
+    ro = _command(fleet, "rollout", "staged model rollout with performance gates",
+                  "Install INSTALL.json (a model/install payload) on group G: canary, then "
+                  "batches, each gated on `activated` events and the devices' telemetry.")
+    ro.add_argument("install", nargs="?", metavar="INSTALL.json",
+                    help="the model/install payload (name, version, url, sha256, manifest...)")
+    ro.add_argument("--group", metavar="G", help="the devices of group G (device.group)")
+    ro.add_argument("--canary", default="1", metavar="N|P%",
+                    help="devices in the first stage: a count or a percentage (default 1)")
+    ro.add_argument("--batch", type=int, default=10, metavar="N",
+                    help="devices per stage after the canary (default 10)")
+    ro.add_argument("--window", type=float, default=30.0, metavar="S",
+                    help="seconds of telemetry watched after a stage activates (default 30; "
+                         "at least one telemetry message is always awaited)")
+    ro.add_argument("--max-failures", type=int, default=0, metavar="N",
+                    help="failed devices tolerated before rolling back (default 0)")
+    ro.add_argument("--max-regression", type=float, default=0.2, metavar="F",
+                    help="tolerated worsening of infer p50, end-to-end p99 and inferences/J "
+                         "against the device's own figures before (default 0.2 = 20%%)")
+    ro.add_argument("--activate-timeout", type=float, default=600.0, metavar="S",
+                    help="seconds a device has to report `activated` (default 600)")
+    ro.add_argument("--offline-wait", type=float, default=60.0, metavar="S",
+                    help="at the end, seconds to wait for offline devices to come back "
+                         "before retrying them once (default 60)")
+    ro.add_argument("--state", metavar="FILE",
+                    help="the rollout state file (default ./fleet-rollout-GROUP.json)")
+    ro.add_argument("--resume", action="store_true",
+                    help="continue the rollout in the state file (after a pause or a crash)")
+    ro.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    for action, text in (("pause", "pause the running rollout after its current stage"),
+                         ("abort", "stop the running rollout and roll back what it changed")):
+        c = _command(fleet, action, text, text + "; it reads --state (or the group's default "
+                                             "state file) at its next step.")
+        c.add_argument("--group", metavar="G")
+        c.add_argument("--state", metavar="FILE")
+    rb = _command(fleet, "rollback", "model/rollback on every online device of a group",
+                  "Sends model/rollback to each online device of group G and prints each "
+                  "device's outcome; offline devices are listed, not rolled back.")
+    rb.add_argument("--group", metavar="G", required=True)
+    rb.add_argument("--wait", type=float, default=120.0, metavar="S",
+                    help="seconds to wait for the devices' answers (default 120)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

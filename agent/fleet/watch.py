@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ..errors import AgentError
 from .inventory import Inventory, decode, split_topic
 
-EventListener = Callable[[str, Dict[str, Any]], None]  # (device, event)
+Listener = Callable[[str, str, Dict[str, Any]], None]  # (device, suffix, payload)
 
 
 class FleetWatch(object):
@@ -23,7 +23,7 @@ class FleetWatch(object):
         self.prefix = config.mqtt.prefix
         self.inventory = Inventory(self.prefix)
         self.cond = threading.Condition()
-        self.listeners = []  # type: List[EventListener]
+        self.listeners = []  # type: List[Listener]  # called under the lock, keep them short
         self.session = uuid.uuid4().hex[:12]
         self._marker_topic = "{}/_operator/{}".format(self.prefix, self.session)
         self._markers = set()  # type: set
@@ -104,7 +104,6 @@ class FleetWatch(object):
         with self.cond:
             self.messages += 1
             self.inventory.feed(device, suffix, payload)
-            if suffix == "events":
-                for listener in list(self.listeners):  # under the lock: waiters see it all
-                    listener(device, payload)
+            for listener in list(self.listeners):  # under the lock: waiters see it all
+                listener(device, suffix, payload)
             self.cond.notify_all()
