@@ -4,28 +4,14 @@ others are never touched; a killed operator resumes without redoing finished dev
 
 import hashlib
 import json
-import os
-import shutil
 import signal
 import uuid
 
 import pytest
 
 from support.agent_process import AgentProcess, agent_args
-from support.model_server import MANIFEST, FileServer
+from support.model_server import MANIFEST, serve_bundled_model
 from support.onnx_models import write_model
-from support.paths import MODEL_DIR
-
-
-@pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(os.path.join(MODEL_DIR, "model.onnx"), str(root / "model.onnx"))
-    shutil.copy(os.path.join(MODEL_DIR, "labels.txt"), str(root / "labels.txt"))
-    server = FileServer(root)
-    yield root, server
-    server.close()
 
 
 def _sha(path):
@@ -43,7 +29,10 @@ def _install_file(tmp_path, root, server, version, onnx="model.onnx"):
 
 @pytest.fixture
 def fleet(broker, recorder, tmp_path):
+    """start(count) -> (group, device names, model directory, its HTTP server)."""
     agents = []
+    root = tmp_path / "www"
+    server = serve_bundled_model(root)
 
     def start(count):
         group = "g" + uuid.uuid4().hex[:6]
@@ -56,11 +45,12 @@ def fleet(broker, recorder, tmp_path):
         for name in names:
             recorder.wait_topic(name + "/telemetry", lambda p: (p.get("frames") or 0) > 0, 90,
                                 "telemetry from " + name)
-        return group, names
+        return group, names, root, server
 
     yield start
     for agent in agents:
         agent.kill()
+    server.close()
 
 
 def _operator(broker, tmp_path, *args):
@@ -80,9 +70,8 @@ def _version(recorder, device):
     return status["model"]["version"]
 
 
-def test_three_devices_roll_out_canary_then_batch(broker, recorder, fleet, www, tmp_path):
-    root, server = www
-    group, names = fleet(3)
+def test_three_devices_roll_out_canary_then_batch(broker, recorder, fleet, tmp_path):
+    group, names, root, server = fleet(3)
     install = _install_file(tmp_path, root, server, "2")
     op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "2",
                    "--window", "2", "--max-regression", "3.0")
@@ -104,10 +93,9 @@ def test_three_devices_roll_out_canary_then_batch(broker, recorder, fleet, www, 
 
 
 def test_slower_canary_is_rolled_back_and_no_other_device_is_touched(broker, recorder, fleet,
-                                                                     www, tmp_path):
-    root, server = www
+                                                                     tmp_path):
+    group, names, root, server = fleet(3)
     write_model(root / "slow.onnx", slow=True)
-    group, names = fleet(3)
     install = _install_file(tmp_path, root, server, "3", onnx="slow.onnx")
     op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "2",
                    "--window", "3", "--max-regression", "0.5")
@@ -131,9 +119,8 @@ def test_slower_canary_is_rolled_back_and_no_other_device_is_touched(broker, rec
 
 
 def test_resume_after_the_operator_is_killed_does_not_redo_finished_devices(
-        broker, recorder, fleet, www, tmp_path):
-    root, server = www
-    group, names = fleet(3)
+        broker, recorder, fleet, tmp_path):
+    group, names, root, server = fleet(3)
     install = _install_file(tmp_path, root, server, "2")
     args = (install, "--group", group, "--canary", "1", "--batch", "1", "--window", "2",
             "--max-regression", "3.0")

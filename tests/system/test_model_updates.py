@@ -5,7 +5,6 @@ import functools
 import hashlib
 import http.server
 import os
-import shutil
 import signal
 import socketserver
 import threading
@@ -14,18 +13,14 @@ import numpy as np
 import pytest
 
 from support.onnx_models import write_model as _write_model
-from support.paths import MODEL_DIR
 
-from support.model_server import MANIFEST, _Server, FileServer, _QuietHandler
+from support.model_server import MANIFEST, _Server, _QuietHandler, serve_bundled_model
 
 
 @pytest.fixture
 def files(tmp_path):
     root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(os.path.join(MODEL_DIR, "model.onnx"), str(root / "model.onnx"))
-    shutil.copy(os.path.join(MODEL_DIR, "labels.txt"), str(root / "labels.txt"))
-    server = FileServer(root)
+    server = serve_bundled_model(root)
     yield root, server
     server.close()
 
