@@ -16,6 +16,7 @@ GATES = (("infer_p50_ms", True), ("e2e_p99_ms", True), ("inferences_per_joule", 
 FINAL_OK = ("activated",)
 FINAL_BAD = ("failed", "rejected")
 REPLAYED = "already received"  # the agent's answer to a request_id it has seen
+BASELINE_WINDOWS = 3  # telemetry messages that make a device's figures before the update
 
 
 def figures(telemetry: Dict[str, Any]) -> Dict[str, Optional[float]]:
@@ -180,15 +181,20 @@ class Rollout(object):
         return median_figures(self._before(device)[-10:])
 
     def _await_baselines(self, devices: List[str]) -> None:
-        """Telemetry is not retained: listen for --window seconds (from the operator's start)
-        and until every online device of the stage has sent at least one message."""
+        """Telemetry is not retained: listen until every online device of the stage has sent
+        BASELINE_WINDOWS messages, or --window seconds from the operator's start have passed
+        and each has sent at least one."""
         inv = self.watch.inventory
         online = [d for d in devices if inv.online(d) and self.model_of(d) != self.target]
         if not online:
             return
         window_end = self.started + self.opt["window_s"]
-        self.watch.wait(lambda: (time.monotonic() >= window_end and
-                                 all(self._before(d) for d in online)) or self.control(),
+
+        def enough() -> bool:
+            counts = [len(self._before(d)) for d in online]
+            return min(counts) >= BASELINE_WINDOWS or (time.monotonic() >= window_end and
+                                                       min(counts) >= 1)
+        self.watch.wait(lambda: enough() or self.control(),
                         self.opt["window_s"] + self.opt["activate_timeout_s"])
 
     def _outcome(self, device: str) -> Optional[Dict[str, Any]]:

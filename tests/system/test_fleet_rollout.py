@@ -143,3 +143,26 @@ def test_resume_after_the_operator_is_killed_does_not_redo_finished_devices(
         assert len(set(_installs(recorder, name))) == 1, (name, _installs(recorder, name))
         recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
                             == "2", 30, name + " on version 2")
+
+
+def test_fleet_abort_rolls_back_the_canary_and_stops(broker, recorder, fleet, tmp_path):
+    group, names, root, server = fleet(2)
+    install = _install_file(tmp_path, root, server, "2")
+    # A long window: the abort has to interrupt it.
+    op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1",
+                   "--window", "600", "--max-regression", "3.0")
+    for line in iter(op.proc.stdout.readline, b""):
+        if json.loads(line.decode())["event"] == "activated":
+            break
+    abort = AgentProcess(["fleet", "abort", "--state", str(tmp_path / "rollout.json")])
+    assert abort.wait(30) == 0, abort.err
+    assert "abort requested" in abort.stdout.decode()
+    assert op.wait(120) == 1, op.err
+    state = json.loads((tmp_path / "rollout.json").read_text())
+    assert state["outcome"] == "aborted"
+    assert state["devices"][names[0]]["step"] == "rolled_back"
+    assert state["devices"][names[1]]["step"] == "pending"
+    recorder.wait_topic(names[0] + "/status", lambda p: (p.get("model") or {}).get("version")
+                        == "1", 30, "the canary back on version 1")
+    assert not [t for t, _, _ in recorder.messages
+                if t.startswith("edge/{}/cmd/".format(names[1]))]
