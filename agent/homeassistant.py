@@ -142,10 +142,14 @@ def announce(config: Any, link: Any, state_dir: str, device_id: str,
     for topic, payload in sorted(messages.items()):
         data = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
         link.publish_raw(topic, data, kind="status", retain=True, qos=1)
-    if messages:
-        write_atomic(marker, json.dumps(sorted(messages), indent=1).encode("utf-8"))
-    elif before:
-        os.unlink(marker)
+    try:
+        if messages:
+            write_atomic(marker, json.dumps(sorted(messages), indent=1).encode("utf-8"))
+        elif before:
+            os.unlink(marker)
+    except OSError as exc:  # disk full, read-only: discovery still goes out, serving goes on
+        log.warning("cannot update %s (%s): turning Home Assistant discovery off later may "
+                    "leave its configs retained", marker, exc)
     if stale:
         log.info("Home Assistant discovery: cleared %d retained config(s)", len(stale))
     if messages:

@@ -149,6 +149,8 @@ class Rollout(object):
         """Send the install (or pick up one sent before a crash); False when not sent."""
         entry = self.state.device(device)
         inv = self.watch.inventory
+        if entry["step"] == st.ACTIVATED:  # activated before a crash: only its window is left
+            return True
         if self.model_of(device) == self.target and entry["step"] != st.SENT:
             self._step(device, st.OK, detail="already runs " + self.target)
             return False

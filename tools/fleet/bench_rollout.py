@@ -69,13 +69,13 @@ class Events(object):
         self.client.disconnect()
 
 
-def run_one(count: int, work: str) -> Dict[str, Any]:
+def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
     from support.broker import Broker
     from support.model_store import FileServer, LABELS, publish_model, sha
     group = "b{}".format(count)
     broker = Broker(work, extra="max_queued_messages 10000\n").start()
     server = FileServer()
-    sim = None
+    sims = []  # type: list
     events = None
     try:
         install = dict(publish_model(server, "2", seed=1), labels_sha256=sha(LABELS))
@@ -84,10 +84,14 @@ def run_one(count: int, work: str) -> Dict[str, Any]:
             json.dump(install, handle)
         events = Events(broker.port)
         t0 = time.monotonic()
-        sim = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools/fleet/simulate.py"),
-                                "--count", str(count), "--port", str(broker.port),
-                                "--group", group, "--dir", os.path.join(work, "devices")],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for k in range(processes):
+            first, last = count * k // processes, count * (k + 1) // processes
+            sims.append(subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "tools/fleet/simulate.py"),
+                 "--count", str(last - first), "--first", str(first),
+                 "--port", str(broker.port), "--group", group,
+                 "--dir", os.path.join(work, "devices")],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 600
         while events.serving() < count and time.monotonic() < deadline:
             time.sleep(0.5)  # a benchmark's poll, not a test's synchronisation
@@ -95,7 +99,7 @@ def run_one(count: int, work: str) -> Dict[str, Any]:
         if events.serving() < count:
             raise SystemExit("only {} of {} devices serving after 600 s".format(
                 events.serving(), count))
-        cpu0 = (cpu_seconds(broker.proc.pid), cpu_seconds(sim.pid))
+        cpu0 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         operator = subprocess.Popen(
             [sys.executable, "-m", "agent", "fleet", "rollout", install_file, "--group", group,
@@ -105,7 +109,7 @@ def run_one(count: int, work: str) -> Dict[str, Any]:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = operator.communicate(timeout=900)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the operator, reaped
-        cpu1 = (cpu_seconds(broker.proc.pid), cpu_seconds(sim.pid))
+        cpu1 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
         log = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
         sent = [r for r in log if r["event"] == "sent"]
         rids = [r["request_id"] for r in sent]
@@ -115,7 +119,7 @@ def run_one(count: int, work: str) -> Dict[str, Any]:
             answered = sum(1 for rid in rids if events.by_request.get(rid))
         stamps = [e["ts"] for evs in activated.values() for e in evs]
         return {
-            "devices": count, "start_s": round(start_s, 1),
+            "devices": count, "processes": processes, "start_s": round(start_s, 1),
             "outcome": log[-1]["event"] if log else err.decode()[-300:],
             "sent": len(sent),
             "activated": sum(1 for evs in activated.values() if evs),
@@ -133,8 +137,9 @@ def run_one(count: int, work: str) -> Dict[str, Any]:
     finally:
         if events is not None:
             events.close()
-        if sim is not None:
+        for sim in sims:
             sim.terminate()
+        for sim in sims:
             try:
                 sim.wait(120)
             except subprocess.TimeoutExpired:
@@ -147,12 +152,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("counts", type=int, nargs="+")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="simulator processes the devices are spread over (default 1)")
     args = parser.parse_args()
     rows = []
     for count in args.counts:
         work = tempfile.mkdtemp(prefix="fleet-bench-")
         try:
-            row = run_one(count, work)
+            row = run_one(count, work, args.processes)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows.append(row)

@@ -45,16 +45,16 @@ def seed_store(state_dir: str, package_dir: str) -> None:
 
 
 def start_fleet(count: int, port: int, group: str, base: str, fps: float = 1.0,
-                telemetry_s: float = 2.0) -> List[Any]:
+                telemetry_s: float = 2.0, first: int = 0) -> List[Any]:
     """Start `count` agents in threads; returns them (stop each with agent.stop.set())."""
     from agent.config import load_config
     from agent.daemon import Agent
     from support.model_store import make_package_dir
-    package_dir = os.path.join(base, "tiny-1")
+    package_dir = os.path.join(base, "tiny-1-{}".format(first))
     if not os.path.isdir(package_dir):
         make_package_dir(package_dir, "tiny", "1", seed=0)
     agents = []
-    for i in range(count):
+    for i in range(first, first + count):
         name = "sim-{}-{}".format(group, i)
         state_dir = os.path.join(base, name)
         os.makedirs(state_dir, exist_ok=True)
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--group", default="sim")
+    parser.add_argument("--first", type=int, default=0,
+                        help="number of the first device (several simulators, one group)")
     parser.add_argument("--dir", required=True, help="state directories go here")
     parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--telemetry-s", type=float, default=2.0)
@@ -85,7 +87,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
     agents = start_fleet(args.count, args.port, args.group, args.dir, args.fps,
-                         args.telemetry_s)
+                         args.telemetry_s, args.first)
     print("ready {}".format(len(agents)), flush=True)
     done.wait()
     for agent in agents:
