@@ -246,6 +246,7 @@ class Rollout(object):
         window = self.opt["window_s"]
         self.watch.wait(lambda: self.control(), window)
         self.watch.wait(lambda: all(self._after(d) or self.model_of(d) != self.target
+                                    or not self.watch.inventory.online(d)
                                     for d in devices) or self.control(),
                         self.opt["activate_timeout_s"])
         for device in devices:
@@ -253,6 +254,11 @@ class Rollout(object):
             with self.watch.cond:
                 after = median_figures(self._after(device))
                 now = self.model_of(device)
+                online = self.watch.inventory.online(device)
+            if not online:  # the Last Will: not a verdict on the model; retried at the end
+                self._step(device, st.OFFLINE, after=after,
+                           detail="went offline during its window; retried at the end")
+                continue
             if now != self.target:
                 self._step(device, st.FAILED, after=after,
                                     error="the device went back to {} (probation rolled it "
