@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_run, _add_bench, _add_check, _add_send, _add_demo, _add_models, _add_build,
                 _add_profile, _add_package, _add_keys, _add_verify, _add_serve_models,
-                _add_convert, _add_tune):
+                _add_convert, _add_tune, _add_fleet):
         add(sub)
     return parser
 
@@ -334,6 +334,86 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--plot", metavar="FILE.svg", default="tune.svg",
                    help="the fps-vs-W plot, SVG (default tune.svg; empty to skip)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+FLEET_DESCRIPTION = """\
+The operator's view of many devices, from the agents' own MQTT topics: the retained
+P/D/status and P/D/info, the latest P/D/telemetry, and the events. `-c/--config` names the
+broker (mqtt.*) and the topic prefix, as for `send`.
+
+  edge-agent fleet ls --group lab               # a table; --json: one JSON object per line
+  edge-agent fleet rollout install.json --group lab --canary 10% --batch 20 --window 60
+  edge-agent fleet pause --group lab            # or abort; then: fleet rollout --resume
+  edge-agent fleet rollback --group lab         # model/rollback on every online device
+
+A rollout sends model/install to a canary stage, then batches; each device must report
+`activated`, then its telemetry is watched for --window seconds. It stops and rolls back
+every device it changed when more than --max-failures devices fail, or when a device's
+inference p50 or end-to-end p99 grows, or its inferences per joule shrink, by more than
+--max-regression against its own figures before the update. Its state is kept in a JSON
+file (--state, default ./fleet-rollout-GROUP.json, written atomically) so --resume continues
+without redoing finished devices. Exit codes: 0 done, 1 rolled back or aborted, 3 paused or
+incomplete (devices offline: rerun with --resume), 2 usage or broker errors.
+"""
+
+
+def _add_fleet(sub: Any) -> None:
+    """`fleet`: inventory and staged rollouts."""
+    p = sub.add_parser("fleet", help="operator side: fleet inventory and staged rollouts",
+                       description=FLEET_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet = p.add_subparsers(dest="fleet_command", metavar="ACTION")
+    fleet.required = True
+    ls = _command(fleet, "ls", "every device: state, model, fps, latency, power, energy",
+                  "One line per device: state (offline devices with the reason: shutdown, "
+                  "or `connection lost` from the Last Will), model@version, backend/"
+                  "precision, fps, inference p50 (ms), power (W), inferences per joule, "
+                  "the hottest thermal zone, when it was last heard from, and its boot id. "
+                  "Status and info are retained; telemetry is awaited from each online "
+                  "device for at most --wait seconds.")
+    ls.add_argument("--group", metavar="G", help="only devices of group G (device.group)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per device and line")
+    ls.add_argument("--wait", type=float, default=6.0, metavar="S",
+                    help="seconds to wait for telemetry from online devices (default 6: "
+                         "a little more than the default telemetry.interval_s; 0 = none)")
+    ro = _command(fleet, "rollout", "staged model rollout with performance gates",
+                  "Install INSTALL.json (a model/install payload) on group G: canary, then "
+                  "batches, each gated on `activated` events and the devices' telemetry.")
+    ro.add_argument("install", nargs="?", metavar="INSTALL.json",
+                    help="the model/install payload (name, version, url, sha256, manifest...)")
+    ro.add_argument("--group", metavar="G", help="the devices of group G (device.group)")
+    ro.add_argument("--canary", default="1", metavar="N|P%",
+                    help="devices in the first stage: a count or a percentage (default 1)")
+    ro.add_argument("--batch", type=int, default=10, metavar="N",
+                    help="devices per stage after the canary (default 10)")
+    ro.add_argument("--window", type=float, default=30.0, metavar="S",
+                    help="seconds of telemetry watched after a stage activates (default 30; "
+                         "at least one telemetry message is always awaited)")
+    ro.add_argument("--max-failures", type=int, default=0, metavar="N",
+                    help="failed devices tolerated before rolling back (default 0)")
+    ro.add_argument("--max-regression", type=float, default=0.2, metavar="F",
+                    help="tolerated worsening of infer p50, end-to-end p99 and inferences/J "
+                         "against the device's own figures before (default 0.2 = 20%%)")
+    ro.add_argument("--activate-timeout", type=float, default=600.0, metavar="S",
+                    help="seconds a device has to report `activated` (default 600)")
+    ro.add_argument("--offline-wait", type=float, default=60.0, metavar="S",
+                    help="at the end, seconds to wait for offline devices to come back "
+                         "before retrying them once (default 60)")
+    ro.add_argument("--state", metavar="FILE",
+                    help="the rollout state file (default ./fleet-rollout-GROUP.json)")
+    ro.add_argument("--resume", action="store_true",
+                    help="continue the rollout in the state file (after a pause or a crash)")
+    ro.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    for action, text in (("pause", "pause the running rollout after its current stage"),
+                         ("abort", "stop the running rollout and roll back what it changed")):
+        c = _command(fleet, action, text, text + "; it reads --state (or the group's default "
+                                             "state file) at its next step.")
+        c.add_argument("--group", metavar="G")
+        c.add_argument("--state", metavar="FILE")
+    rb = _command(fleet, "rollback", "model/rollback on every online device of a group",
+                  "Sends model/rollback to each online device of group G and prints each "
+                  "device's outcome; offline devices are listed, not rolled back.")
+    rb.add_argument("--group", metavar="G", required=True)
+    rb.add_argument("--wait", type=float, default=120.0, metavar="S",
+                    help="seconds to wait for the devices' answers (default 120)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -369,6 +449,7 @@ COMMANDS = {
     "serve-models": _body("serve_models", "cmd_serve_models"),
     "convert": _body("convert", "cmd_convert"),
     "tune": _body("tune", "cmd_tune"),
+    "fleet": _body("fleet", "cmd_fleet"),
 }  # type: Dict[str, Callable[[argparse.Namespace], int]]
 
 

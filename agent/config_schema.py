@@ -184,6 +184,10 @@ SCHEMA = {
         "host": F("str", "127.0.0.1"),
         "port": F("int", 8080, minimum=1, maximum=65535),
     },
+    "homeassistant": {
+        "enabled": F("bool", False, doc="publish Home Assistant MQTT discovery configs"),
+        "prefix": F("str", "homeassistant", doc="Home Assistant's discovery prefix"),
+    },
     "logging": {
         "level": F("str", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     },

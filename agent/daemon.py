@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .backends.base import Backend
 from .config import Config
-from .environment import fingerprint
+from .environment import board_model, fingerprint
 from .health import Health
+from .homeassistant import announce as announce_discovery
 from .pipeline.capture import CaptureStage, probe_live
 from .pipeline.frames import FrameSlot
 from .pipeline.inference import BackendSlot, InferenceStage
@@ -79,7 +80,8 @@ class Agent(object):
             listeners=self.telemetry_listeners)
         self.health = Health(self.device_id, self.boot, redact_text(config.source.uri),
                              model=lambda: self.backends.model,
-                             telemetry=lambda: self.reporter.last, notifier=notifier)
+                             telemetry=lambda: self.reporter.last, notifier=notifier,
+                             group=config.device.group)
         self.probation = ProbationWatch(config.updates, self._rollback)
         self.slot = None  # type: Optional[FrameSlot]
         self.results = queue.Queue(maxsize=1024)  # type: queue.Queue  # inference -> publish
@@ -101,6 +103,8 @@ class Agent(object):
                                   self.handle_command)
             self.spool = self.link.spool
             self.link.start()
+            announce_discovery(self.config, self.link, self.state_dir, self.device_id,
+                               board_model())
         self.health.attach(self.link)
         spool_watch = SpoolWatch(self.spool, self.health.problem)
         if self.config.view.enabled:

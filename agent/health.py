@@ -24,8 +24,9 @@ class Health(object):
 
     def __init__(self, device_id: str, boot: str, source_uri: str, model: Describe,
                  telemetry: Callable[[], Optional[Dict[str, Any]]] = lambda: None,
-                 notifier: Any = None) -> None:
+                 notifier: Any = None, group: Optional[str] = None) -> None:
         self.device_id = device_id
+        self.group = group        # device.group, so fleet tools can select by group
         self.boot = boot          # identifies this process's messages
         self.source_uri = source_uri  # already redacted
         self._model = model
@@ -50,6 +51,7 @@ class Health(object):
             "state": self.state,
             "agent": __version__,
             "device": self.device_id,
+            "group": self.group,
             "model": model.describe() if model else None,
             "source": self.source_uri,
             "boot": self.boot,

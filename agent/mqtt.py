@@ -184,9 +184,14 @@ class MqttLink(object):
     def publish(self, suffix: str, payload: Dict[str, Any], kind: str, retain: bool = False,
                 qos: Optional[int] = None) -> None:
         """Queue a JSON message for P/D/<suffix>. QoS 1 is spooled; QoS 0 is best effort."""
-        qos = self.cfg.qos if qos is None else qos
         data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        topic = self.topic(suffix)
+        self.publish_raw(self.topic(suffix), data, kind, retain=retain, qos=qos)
+
+    def publish_raw(self, topic: str, data: bytes, kind: str, retain: bool = False,
+                    qos: Optional[int] = None) -> None:
+        """Queue bytes for any topic (Home Assistant's discovery topics live outside P/D/;
+        an empty retained payload clears a retained message), spooled like `publish`."""
+        qos = self.cfg.qos if qos is None else qos
         if qos == 0:
             if self.connected:
                 self._client.publish(topic, data, qos=0, retain=retain)

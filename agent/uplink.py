@@ -26,6 +26,7 @@ def open_link(config: Config, device_id: str, state_dir: str,
                           max_messages=config.mqtt.spool_max_messages)
     return MqttLink(config.mqtt, device_id, config.device.group, spool, on_command=on_command,
                     will_payload={"state": "offline", "device": device_id,
+                                  "group": config.device.group,
                                   "agent": __version__, "reason": "connection lost"})
 
 

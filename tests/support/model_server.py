@@ -41,3 +41,15 @@ class FileServer(object):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+def serve_bundled_model(root):
+    """A FileServer over `root` (a new directory) holding the bundled model.onnx and
+    labels.txt; the caller closes it."""
+    import os
+    import shutil
+    from support.paths import MODEL_DIR
+    root.mkdir()
+    for name in ("model.onnx", "labels.txt"):
+        shutil.copy(os.path.join(MODEL_DIR, name), str(root / name))
+    return FileServer(root)

@@ -5,7 +5,6 @@ import functools
 import hashlib
 import http.server
 import os
-import shutil
 import signal
 import socketserver
 import threading
@@ -13,18 +12,15 @@ import threading
 import numpy as np
 import pytest
 
-from support.paths import MODEL_DIR
+from support.onnx_models import write_model as _write_model
 
-from support.model_server import MANIFEST, _Server, FileServer, _QuietHandler
+from support.model_server import MANIFEST, _Server, _QuietHandler, serve_bundled_model
 
 
 @pytest.fixture
 def files(tmp_path):
     root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(os.path.join(MODEL_DIR, "model.onnx"), str(root / "model.onnx"))
-    shutil.copy(os.path.join(MODEL_DIR, "labels.txt"), str(root / "labels.txt"))
-    server = FileServer(root)
+    server = serve_bundled_model(root)
     yield root, server
     server.close()
 
@@ -121,37 +117,6 @@ def test_install_over_http_swaps_without_losing_frames(broker, recorder, run_age
     assert ("1", True, False) in versions and ("2", False, True) in versions, versions
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
-
-
-def _write_model(path, nan=False, slow=False):
-    """A classifier on 1x3x224x224 built with the onnx package: NaN weights, or heavy convs."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.RandomState(0)
-    nodes, inits = [], []
-    x = "input"
-    channels = 3
-    if slow:
-        for i in range(6):
-            w = rng.randn(64, channels, 3, 3).astype(np.float32) * 0.05
-            inits.append(numpy_helper.from_array(w, "w{}".format(i)))
-            nodes.append(helper.make_node("Conv", [x, "w{}".format(i)], ["c{}".format(i)],
-                                          pads=[1, 1, 1, 1]))
-            x, channels = "c{}".format(i), 64
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["g"]))
-    inits.append(numpy_helper.from_array(np.array([1, channels], np.int64), "shape"))
-    nodes.append(helper.make_node("Reshape", ["g", "shape"], ["flat"]))
-    w = rng.randn(channels, 1000).astype(np.float32)
-    if nan:
-        w[:] = np.nan
-    inits.append(numpy_helper.from_array(w, "fc"))
-    nodes.append(helper.make_node("Gemm", ["flat", "fc"], ["logits"]))
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.save(model, str(path))
 
 
 def test_bad_models_are_refused_and_serving_never_stops(broker, recorder, run_agent, files):
