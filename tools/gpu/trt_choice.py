@@ -23,6 +23,6 @@ def install(folder: Any) -> str:
         import tensorrt
         return "tensorrt {}".format(getattr(tensorrt, "__version__", "unknown"))
     sys.path.insert(0, os.path.abspath(folder))
-    from support.doubles import trt_double
+    import trt_double  # the file in `folder`, as the option says
     trt_double.install("10.3")  # GPU facts read from the real device through pycuda
     return "trt_double 10.3 from {}".format(folder)
