@@ -28,6 +28,7 @@ class Broker(object):
         self.port = port or free_port()
         self.extra = extra
         self.proc = None  # type: Optional[subprocess.Popen]
+        self.store_dir = None  # type: Optional[str]  # persistent_broker's database folder
 
     def start(self) -> "Broker":
         conf = os.path.join(self.tmpdir, "mosquitto-{}.conf".format(self.port))
@@ -66,3 +67,16 @@ class Broker(object):
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def persistent_broker(tmpdir: str, *settings: str) -> Broker:
+    """A started broker that keeps sessions and queued messages across its restarts (store in
+    tmpdir/mosquitto-db, as `store_dir`), with room for 100000 queued messages, plus
+    `settings` lines."""
+    store = os.path.join(tmpdir, "mosquitto-db")
+    os.makedirs(store)
+    extra = "persistence true\npersistence_location {}/\nmax_queued_messages 100000\n".format(
+        store) + "".join(line + "\n" for line in settings)
+    broker = Broker(tmpdir, extra=extra)
+    broker.store_dir = store
+    return broker.start()

@@ -13,7 +13,7 @@ import signal
 import threading
 
 from support.agent_process import AgentProcess, agent_args
-from support.broker import Broker
+from support.broker import persistent_broker
 
 from support.sessions import SessionRecorder
 
@@ -26,11 +26,7 @@ def _telemetry(messages, boot=None):
 
 
 def test_broker_outage_with_agent_restart_loses_nothing(tmp_path):
-    store = tmp_path / "mosquitto-db"
-    store.mkdir()
-    extra = "persistence true\npersistence_location {}/\nmax_queued_messages 100000\n" \
-            "autosave_interval 1\n".format(store)
-    broker = Broker(str(tmp_path), extra=extra).start()
+    broker = persistent_broker(str(tmp_path), "autosave_interval 1")
     operator = SessionRecorder(broker.port, ["edge/outage/telemetry", "edge/outage/events"])
     state = str(tmp_path / "state")
     common = ("--set", "source.uri=synthetic://?fps=15", "--set", "telemetry.interval_s=0.5")

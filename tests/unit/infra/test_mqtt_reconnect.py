@@ -24,7 +24,7 @@ import time
 
 from agent.spool import Spool
 from support.paths import ROOT
-from support.broker import Broker
+from support.broker import persistent_broker
 from support.waiting import wait_until
 from support.sessions import SessionRecorder
 
@@ -106,11 +106,7 @@ def _make_link(tmp_path, port):
 
 
 def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_path):
-    store = tmp_path / "mosquitto-db"
-    store.mkdir()
-    extra = "persistence true\npersistence_location {}/\nmax_queued_messages 100000\n" \
-            "max_inflight_messages 0\n".format(store)
-    broker = Broker(str(tmp_path), extra=extra).start()
+    broker = persistent_broker(str(tmp_path), "max_inflight_messages 0")
     link, spool, prefix = _make_link(tmp_path, broker.port)
     operator = SessionRecorder(broker.port, ["{}/{}/events".format(prefix, DEVICE)])
     producer = Producer(link)
@@ -129,7 +125,7 @@ def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_
         # Save the operator's session, freeze the broker, hand messages to paho (they go on
         # the wire and stay unacknowledged), then kill it: those are in flight.
         os.kill(broker.proc.pid, signal.SIGUSR1)
-        wait_until(lambda: os.path.exists(str(store / "mosquitto.db")), 30,
+        wait_until(lambda: os.path.exists(os.path.join(broker.store_dir, "mosquitto.db")), 30,
                    "mosquitto to save its database")
         os.kill(broker.proc.pid, signal.SIGSTOP)
         # Fewer than the link's in-flight window, so the window alone does not hold back

@@ -5,13 +5,7 @@ def test_health_owns_the_status_degraded_wins_and_building_shows():
     """agent/health.py: problems make `serving` read `degraded` (with the reasons, redacted),
     a background build reads `building`, and each change is published once."""
     from agent.health import Health
-
-    class Link(object):
-        def __init__(self):
-            self.sent = []
-
-        def publish(self, suffix, payload, kind, retain=False, qos=None):
-            self.sent.append((suffix, payload))
+    from support.recording_link import RecordingLink
 
     class Model(object):
         ref = "m@1"
@@ -19,7 +13,7 @@ def test_health_owns_the_status_degraded_wins_and_building_shows():
         def describe(self):
             return {"name": "m", "version": "1", "backend": "onnxruntime", "precision": "fp32"}
 
-    link = Link()
+    link = RecordingLink()
     health = Health("dev", "boot1", "file://x", model=lambda: Model())
     health.problem("source", "not yet published")  # nothing attached: recorded only
     assert link.sent == [] and health.problems == {"source": "not yet published"}
@@ -53,6 +47,7 @@ def test_event_listeners_see_every_event_even_when_one_fails():
     """Health.event_listeners (the live view's timeline): called with each event as
     published, with its ts; a listener that raises does not stop the others."""
     from agent.health import Health
+    from support.recording_link import RecordingLink
 
     seen = []
 

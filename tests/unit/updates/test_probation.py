@@ -14,6 +14,7 @@ from agent.store.store import ModelStore
 from agent.updates.probation import Probation
 from agent.updates.worker import ModelManager
 from support.paths import ROOT
+from support.recording_link import RecordingLink
 
 
 def probation(frames=10, baseline_ms=10.0, factor=3.0):
@@ -146,17 +147,6 @@ class Manager(ModelManager):
         return [a for _, args, _ in self.calls for a in args if hasattr(a, "name")]
 
 
-class Link(object):
-    def __init__(self):
-        self.sent = []
-
-    def publish(self, suffix, payload, kind, retain=False, qos=None):
-        self.sent.append((suffix, payload))
-
-    def events(self):
-        return [p for s, p in self.sent if s == "events"]
-
-
 class Model(object):
     def __init__(self, ref):
         self.ref = ref
@@ -173,7 +163,7 @@ def agent(tmp_path):
     config = load_config(os.path.join(ROOT, "config.yaml"), [
         "device.id=probation-unit", "device.state_dir=" + str(tmp_path / "state"),
         "updates.probation_frames=5", "updates.max_latency_factor=2"])
-    a = Agent(config, link=Link())
+    a = Agent(config, link=RecordingLink())
     a.health.attach(a.link)
     a.manager = Manager(a.health.emit_event, str(tmp_path / "state"))
     return a
