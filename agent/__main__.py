@@ -308,7 +308,7 @@ def _add_tune(sub: Any) -> None:
                  "modes with --power-modes as root) through the whole pipeline, unpaced, "
                  "with bench's machinery: fps, capture-to-publish p50/p99, mean W and "
                  "inferences/J where a power meter covers the inferring device. Prints a "
-                 "table, writes an SVG plot of fps against W with the Pareto front, and the "
+                 "table, writes a PNG plot of fps against W with the Pareto front, and the "
                  "best setup under the constraints as a config overlay (--out). Example: "
                  "edge-agent tune --max-p99-ms 60 --out tuned.yaml")
     p.add_argument("--model", metavar="NAME|PATH", help="model package (default: model.name)")
@@ -331,8 +331,9 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--out", metavar="FILE.yaml",
                    help="write the best setup as a config overlay YAML (merge it into "
                         "config.yaml or pass its keys with --set)")
-    p.add_argument("--plot", metavar="FILE.svg", default="tune.svg",
-                   help="the fps-vs-W plot, SVG (default tune.svg; empty to skip)")
+    p.add_argument("--plot", metavar="FILE.png", default="tune.png",
+                   help="the fps-vs-W plot: PNG, or SVG when FILE ends in .svg (default "
+                        "tune.png; empty to skip)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 FLEET_DESCRIPTION = """\
 The operator's view of many devices, from the agents' own MQTT topics: the retained

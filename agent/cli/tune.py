@@ -3,7 +3,7 @@
 Each candidate (agent/tune/search.py) is loaded as a backend of its own and run through the
 agent's whole pipeline unpaced (bench.measure_pipeline) while the power meter integrates its
 energy (bench.EnergyProbe): fps, capture-to-publish p50/p99, mean watts and inferences per
-joule. The table, an SVG plot of fps against watts with the Pareto front, and the best setup
+joule. The table, a PNG (or SVG) plot of fps against watts with the Pareto front, and the best setup
 under --max-watts/--min-fps/--max-p99-ms as a config overlay YAML (--out).
 """
 
@@ -17,7 +17,7 @@ from ..config import Config, load_config
 from ..errors import AgentError
 from ..preprocess import Preprocessor
 from ..tune import search
-from ..tune.plot import svg_plot
+from ..tune import plot as tune_plot
 from ..tune.power_modes import PowerModes
 from ..updates.loader import backend_options
 from .bench import (EnergyProbe, _median_run, _source_tensors, inference_device,
@@ -110,7 +110,7 @@ def _progress(i: int, total: int, label: str, done: Optional[Dict[str, Any]] = N
 
 def run_tune(config: Config, model: Optional[str] = None, frames: int = 200, rounds: int = 1,
              source: Optional[str] = None, out: Optional[str] = None,
-             plot: Optional[str] = "tune.svg", objective: str = "auto",
+             plot: Optional[str] = "tune.png", objective: str = "auto",
              max_watts: Optional[float] = None, min_fps: Optional[float] = None,
              max_p99_ms: Optional[float] = None, power_modes: Optional[List[int]] = None,
              max_candidates: Optional[int] = None, as_json: bool = False,
@@ -175,7 +175,7 @@ def run_tune(config: Config, model: Optional[str] = None, frames: int = 200, rou
                                "max_p99_ms": max_p99_ms}, "objective": objective,
                "results": results, "best": best["n"] if best else None}
     if plot:
-        write_plot(plot, results, front, best, covered)
+        summary["plot_format"] = write_plot(plot, results, front, best, covered)
         summary["plot"] = plot
     if out and best is not None:
         write_overlay(out, best, summary)
@@ -189,14 +189,15 @@ def run_tune(config: Config, model: Optional[str] = None, frames: int = 200, rou
 
 
 def write_plot(path: str, results: List[Dict[str, Any]], front: List[Dict[str, Any]],
-               best: Optional[Dict[str, Any]], covered: bool) -> None:
+               best: Optional[Dict[str, Any]], covered: bool) -> str:
+    """fps against W with the Pareto front where a meter covered the inferences, else fps
+    against p99; PNG, or SVG for a name ending in .svg. Returns the format written."""
     if covered:
-        text = svg_plot(results, front, "watts", "mean watts", "fps against power", best)
-    else:
-        text = svg_plot(results, [], "p99_ms", "p99 capture-to-publish ms (no power meter)",
-                        "fps against p99 latency", best)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+        return tune_plot.write_plot(path, results, front, "watts", "mean watts",
+                                    "fps against power", best)
+    return tune_plot.write_plot(path, results, [], "p99_ms",
+                                "p99 capture-to-publish ms (no power meter)",
+                                "fps against p99 latency", best)
 
 
 def write_overlay(path: str, best: Dict[str, Any], summary: Dict[str, Any]) -> None:
@@ -253,7 +254,7 @@ def print_table(summary: Dict[str, Any], best: Optional[Dict[str, Any]]) -> None
                                       " -> " + summary["overlay"] if "overlay" in summary
                                       else ""))
     if "plot" in summary:
-        print("plot: {} (SVG: matplotlib is not installed)".format(summary["plot"]))
+        print("plot: {} ({})".format(summary["plot"], summary["plot_format"]))
 
 
 def cmd_tune(args: Any) -> int:

@@ -10,6 +10,7 @@ import os
 import types
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import yaml
 
@@ -18,7 +19,7 @@ from agent.cli.tune import candidate_config, run_tune
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 from agent.tune import search
-from agent.tune.plot import svg_plot
+from agent.tune.plot import png_plot, svg_plot
 from agent.tune.power_modes import PowerModes
 from support.doubles import nvml_double
 from support.paths import ROOT
@@ -114,6 +115,28 @@ def test_svg_plot_is_well_formed_with_the_front_and_the_best():
     assert "no measured points" in "".join(empty.itertext())
 
 
+def test_png_plot_draws_the_points_front_and_ring_in_their_colours():
+    import cv2
+    results = rows()[:4]
+    front = search.pareto_front(results)
+    data = png_plot(results, front, "watts", "mean watts", "fps against power", results[0])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (480, 720, 3)
+    red = (image[:, :, 2] > 200) & (image[:, :, 1] < 80) & (image[:, :, 0] < 80)
+    blue = (image[:, :, 0] > 150) & (image[:, :, 2] < 80)
+    green = (image[:, :, 1] > 130) & (image[:, :, 2] < 80) & (image[:, :, 0] < 80)
+    on_front = sum(1 for r in results if r in front)
+    assert red.sum() > 60 * on_front              # filled front points and their line
+    assert blue.sum() > 60 * (4 - on_front) or on_front == 4
+    assert green.sum() > 40                        # the ring around the best
+    dark = image.min(axis=2) < 100
+    assert dark[:30].sum() > 100 and dark[:, :30].sum() > 100   # title; turned y label
+    empty = cv2.imdecode(np.frombuffer(png_plot([], [], "watts", "W", "nothing"), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert not ((empty[:, :, 2] > 200) & (empty[:, :, 1] < 80)).any()
+
+
 class FakeNvpmodel(object):
     def __init__(self, mode=0):
         self.mode = mode
@@ -186,7 +209,7 @@ def test_tune_with_a_board_meter_writes_the_table_plot_and_overlay(tmp_path, cap
                          search.config_overrides(best["candidate"]))
     assert merged.backend.threads == best["candidate"]["backend.threads"]
     assert "best setup #{}".format(best["n"]) in open(out).read()
-    assert ET.parse(plot).getroot().tag.endswith("svg")
+    assert ET.parse(plot).getroot().tag.endswith("svg") and summary["plot_format"] == "SVG"
 
 
 def test_tune_with_a_gpu_only_meter_and_cpu_inference_ranks_by_fps(tmp_path, capsys,
