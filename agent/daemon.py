@@ -297,6 +297,8 @@ class Agent(object):
         self._join("publish", 5.0)
         for name in list(self._threads):
             self._join(name, 2.0)
+        if self.slot is not None:
+            self.slot.get(0.0)  # the frame nobody will infer (maybe in a pinned pool buffer)
         if self._preloaded is None:
             self.backends.close()
         self.link.publish("status", self.health.offline_payload(), kind="status", retain=True,

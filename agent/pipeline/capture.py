@@ -94,6 +94,8 @@ class CaptureStage(object):
                 source.close()
             if ended:
                 break
+        if self.stop.is_set():
+            self.last_image = None  # a pinned pool buffer must not outlive the backend's close
         self.slot.end()
 
     def _read(self, source: Source) -> bool:

@@ -13,17 +13,33 @@ it (CPython reference counts, calibrated when it is allocated): a frame in the s
 publish queue, in a listener or held as the newest image keeps its buffer, so no reader ever
 sees it overwritten. When every buffer is in use, capture falls back to ordinary memory for
 that frame (`misses`).
+
+Freeing: pycuda frees page-locked memory only where its context is current or from the thread
+that made the context's wrapper; anywhere else it warns ("... in out-of-thread context could
+not be cleaned up") and the memory stays allocated, and after the context is detached it is
+skipped silently. So no buffer is ever left to the garbage collector: sizes dropped from the
+pool are freed by `serve()` (the context's thread) once no frame holds them, and at close the
+context (CudaContext.close, context current) waits up to `release_wait_s` for the frames still
+in flight, frees every buffer, and keeps the rare one still held after that alive until the
+process exits (`parked`, logged) rather than leaking it to a thread that cannot free it.
 """
+
+import logging
 
 import sys
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+log = logging.getLogger("edge-agent")
+
 POOL_SIZE = 4  # capture one ahead, one in the slot, one on the GPU, one being published
 MAX_SHAPES = 8  # frame sizes kept at once (a folder of photos has several)
+RELEASE_WAIT_S = 1.0  # at close, how long frames in flight may still hold a buffer
+_PARKED = []  # type: List[Any]  # buffers still held after close: kept until the process exits
 
 Shape = Tuple[int, int, int]
 
@@ -49,6 +65,13 @@ class _Buffer(object):
         return (sys.getrefcount(self.array) <= self.array_refs and
                 sys.getrefcount(self.root) <= self.root_refs)
 
+    def release(self) -> None:
+        """Free the page-locked memory now (the context must be current; nothing may hold it)."""
+        root, self.array, self.root = self.root, None, None
+        release = getattr(root, "free", None)
+        if release is not None:
+            release()
+
 
 class PinnedFramePool(object):
     """Up to `size` page-locked uint8 HxWx3 buffers for each of the last `max_shapes` frame
@@ -68,7 +91,11 @@ class PinnedFramePool(object):
         self._lock = threading.Lock()
         self._pools = OrderedDict()  # type: Dict[Shape, List[_Buffer]]
         self._wanted = []  # type: List[Shape]
+        self._retired = []  # type: List[_Buffer]  # dropped sizes, freed when no frame holds them
         self.closed = False
+        self.release_wait_s = RELEASE_WAIT_S
+        self.parked = 0
+        cuda.own("pinned frame pool", self.release_all)
         self.hits = 0
         self.misses = 0
 
@@ -98,6 +125,8 @@ class PinnedFramePool(object):
         beyond `max_shapes` sizes the least recently used size is dropped from the pool
         (frames still holding its buffers keep them alive)."""
         with self._lock:
+            if self._retired:
+                self._retired = self._free_unheld(self._retired)
             if self.closed or not self._wanted:
                 return
             wanted, self._wanted = self._wanted, []
@@ -109,7 +138,7 @@ class PinnedFramePool(object):
             with self._lock:
                 self._pools[key] = buffers
                 while len(self._pools) > self.max_shapes:
-                    self._pools.popitem(last=False)
+                    self._retired.extend(self._pools.popitem(last=False)[1])
 
     def owns(self, array: Any) -> bool:
         """True when `array` is one of the pool's buffers (already page-locked)."""
@@ -118,8 +147,43 @@ class PinnedFramePool(object):
             return any(buf.array is array for buf in buffers)
 
     def close(self) -> None:
-        """No more buffers are handed out; each is freed when its last frame is dropped."""
+        """No more buffers are handed out (the context's close frees them: `release_all`)."""
         with self._lock:
             self.closed = True
-            self._pools.clear()
             self._wanted = []
+
+    @staticmethod
+    def _free_unheld(buffers: List[_Buffer]) -> List[_Buffer]:
+        """Free the buffers no frame holds (context current); return the others."""
+        held = []
+        for buf in buffers:
+            if buf.free():
+                buf.release()
+            else:
+                held.append(buf)
+        return held
+
+    def release_all(self) -> None:
+        """At the context's close, while it is current: wait up to `release_wait_s` for frames
+        in flight (the slot, the publish queue, the newest image) to let go, free every
+        buffer, and park the ones still held (kept alive: freeing them would pull memory from
+        under a frame; leaving them to the garbage collector would leak them with a warning)."""
+        self.close()
+        with self._lock:
+            buffers = [buf for pool in self._pools.values() for buf in pool] + self._retired
+            self._pools.clear()
+            self._retired = []
+        waiter = threading.Event()
+        deadline = time.monotonic() + self.release_wait_s
+        while True:
+            buffers = self._free_unheld(buffers)
+            if not buffers or time.monotonic() >= deadline:
+                break
+            waiter.wait(0.01)  # frames are dropped by other threads; no event tells us when
+        if buffers:
+            _PARKED.extend(buf.root for buf in buffers)
+            self.parked = len(buffers)
+            log.info("pinned frame pool: %d pinned frame buffer(s) (%.1f MB) still held by "
+                        "frames %.1f s after the model was closed; kept until the agent exits",
+                        len(buffers), sum(b.array.nbytes for b in buffers) / 1e6,
+                        self.release_wait_s)

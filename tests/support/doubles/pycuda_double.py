@@ -29,6 +29,7 @@ registered a Python stand-in for the kernel in `KERNELS` (name -> callable(args,
 import itertools
 import sys
 import threading
+import warnings
 import types
 from typing import Any, Callable, Dict, List, Optional
 
@@ -61,6 +62,9 @@ class Stats(object):
         self.frees_without_context = 0
         self.host_allocs = 0
         self.host_frees = 0
+        # pycuda's rules for page-locked memory not freed by its owner (see HostAllocation):
+        self.host_leaks_out_of_thread = 0   # warned "... could not be cleaned up", kept
+        self.host_leaks_dead_context = 0    # silently skipped: the wrapper was detached
         self.copies = 0
         self.launches = 0
         self.push_threads = []  # type: List[int]
@@ -141,9 +145,13 @@ class Device(object):
 
 
 class Context(object):
+    """A pycuda context wrapper: like pycuda's, it remembers the thread that made it (the
+    only thread that may activate it for a clean-up) and is dead after detach()."""
+
     def __init__(self, device: Device) -> None:
         self.device = device
         self.detached = False
+        self.thread = threading.get_ident()
 
     def push(self) -> None:
         if self.detached:
@@ -207,27 +215,55 @@ def mem_alloc(nbytes: int) -> DeviceAllocation:
 
 
 class HostAllocation(object):
-    """The `.base` of a pagelocked array (pycuda: pagelocked_host_allocation)."""
+    """The `.base` of a pagelocked array (pycuda: pagelocked_host_allocation).
 
-    def __init__(self, nbytes: int) -> None:
+    Freed by free() or when the last reference goes (pycuda's destructor), under pycuda's
+    rules (src/cpp/cuda.hpp, scoped_context_activation and CUDAPP_CATCH_CLEANUP_ON_DEAD_CONTEXT):
+    the memory belongs to the context current at allocation (its "ward"). If the ward is
+    current in the freeing thread, or the freeing thread is the one that made the ward, the
+    memory is freed. From any other thread pycuda warns "pagelocked_host_allocation in
+    out-of-thread context could not be cleaned up" and the memory stays allocated; after the
+    ward was detached it is skipped silently (and, the primary context being retained by
+    others, stays allocated too). free() a second time raises, as pycuda does.
+    """
+
+    def __init__(self, nbytes: int, ward: "Context") -> None:
         self.buffer = bytearray([GARBAGE]) * max(1, nbytes)
+        self.ward = ward
+        self.stats = STATS  # the counters of the test that allocated it, even if it dies later
         self.freed = False
 
     def free(self) -> None:
+        if self.freed:
+            raise LogicError("pagelocked_host_allocation::free failed: invalid resource handle")
+        self._release()
+
+    def _release(self) -> None:
+        self.freed = True
+        if self.ward.detached:
+            self.stats.host_leaks_dead_context += 1
+            return
+        if Context.get_current() is not self.ward and threading.get_ident() != self.ward.thread:
+            self.stats.host_leaks_out_of_thread += 1
+            warnings.warn("pagelocked_host_allocation in out-of-thread context could not be "
+                          "cleaned up", UserWarning)
+            return
+        if Context.get_current() is None:
+            self.stats.frees_without_context += 1
+        _run_pending(None)  # cuMemFreeHost waits for queued work
+        self.stats.host_frees += 1
+
+    def __del__(self) -> None:
         if not self.freed:
-            if Context.get_current() is None:
-                STATS.frees_without_context += 1
-            _run_pending(None)  # cuMemFreeHost waits for queued work
-            STATS.host_frees += 1
-            self.freed = True
+            self._release()
 
 
 def pagelocked_empty(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray:
-    _require_context("cuMemHostAlloc")
+    ward = _require_context("cuMemHostAlloc")
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     count = int(np.prod(shape)) if shape else 1
-    alloc = HostAllocation(count * dtype.itemsize)
+    alloc = HostAllocation(count * dtype.itemsize, ward)
     STATS.host_allocs += 1
     array = np.frombuffer(alloc.buffer, dtype=dtype, count=count).reshape(shape)
     return _with_base(array, alloc)

@@ -7,6 +7,7 @@ host memory only when the stream runs, so a buffer overwritten too early would s
 TensorRT double; the agent runs whole, with its real threads, on the sample photos.
 """
 
+import logging
 import os
 import threading
 import types
@@ -14,6 +15,7 @@ import types
 import numpy as np
 import pytest
 
+from support.waiting import wait_until
 from support.trt_helpers import (NANO, doubles, pycuda_double, register_kernel_emulator,
                                  sample_frames, tiny_package)
 
@@ -161,6 +163,10 @@ def test_agent_with_gpu_preprocessing_captures_into_the_pool(broker, tmp_path, m
             tops[mode] = sorted(set(seen))
             pool = agent.backends.model.backend.frame_pool()
             hits[mode] = pool.hits if pool is not None else None
+            if pool is not None:   # stopped: nothing held a buffer, all freed in the context
+                stats = pycuda_double.stats()
+                assert pool.parked == 0 and stats.host_allocs == stats.host_frees
+                assert stats.host_leaks_out_of_thread == stats.host_leaks_dead_context == 0
         assert tops["gpu"] == tops["cpu"] and len(tops["gpu"]) >= 3
         assert hits["cpu"] is None and hits["gpu"] > 0
 
@@ -178,3 +184,107 @@ def test_pool_keeps_the_last_sizes_only():
             assert pool.acquire((24, 24, 3)) is not None
         finally:
             cuda.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Freeing: pycuda frees page-locked memory only from the thread that made its context wrapper
+# or where that context is current; from any other thread it warns and keeps the memory, and
+# after the wrapper is detached it skips it silently (the double enforces both).
+
+
+def in_thread(name, fn):
+    """Run `fn` in a new thread called `name`; return its result (re-raise its error)."""
+    box = {}
+
+    def body():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+    thread = threading.Thread(target=body, name=name)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def served_pool(tmp_path, monkeypatch, frames):
+    """A GPU-preprocessing backend as the agent runs it: loaded in a manager thread, served
+    by an inference thread that has allocated the pool for the frames' size."""
+    backend, _ = in_thread("model-manager", lambda: _released(gpu_backend(tmp_path, monkeypatch)))
+    pool = backend.frame_pool()
+    assert pool.acquire(frames[0].shape) is None                 # capture asks for the size
+    in_thread("inference", lambda: (backend.infer_frame(frames[0]), backend.release_thread()))
+    return backend, pool
+
+
+def _released(loaded):
+    loaded[0].release_thread()
+    return loaded
+
+
+def test_closing_frees_every_pool_buffer_in_its_context_even_one_a_frame_still_holds(
+        tmp_path, monkeypatch):
+    """A model swap: the old backend is closed by its own thread while the publish thread still
+    holds a frame in a pool buffer. Close waits for that frame to go, then frees every buffer
+    where the context is current: nothing is left to pycuda's garbage collection in a thread
+    that cannot free it."""
+    with doubles("10.3", NANO):
+        frames = sample_frames()
+        backend, pool = served_pool(tmp_path, monkeypatch, frames)
+        held = {"frame": pool.acquire(frames[0].shape)}             # in the publish queue
+        assert held["frame"] is not None
+        np.copyto(held["frame"], frames[0])
+        publisher = threading.Thread(
+            target=lambda: (wait_until(lambda: pool.closed, 10, "the pool to close"),
+                            held.clear()),                          # the frame is published
+            name="publish")
+        publisher.start()
+        in_thread("close-old-backend", backend.close)
+        publisher.join(10)
+        stats = pycuda_double.stats()
+        assert stats.host_leaks_out_of_thread == 0 and stats.host_leaks_dead_context == 0
+        assert stats.host_allocs == stats.host_frees > 0
+        assert pool.parked == 0
+
+
+def test_a_buffer_held_past_the_wait_is_kept_not_leaked_to_a_thread_that_cannot_free_it(
+        tmp_path, monkeypatch, caplog):
+    with doubles("10.3", NANO):
+        frames = sample_frames()
+        backend, pool = served_pool(tmp_path, monkeypatch, frames)
+        pool.release_wait_s = 0.0
+        caplog.set_level(logging.INFO, logger="edge-agent")
+        held = pool.acquire(frames[0].shape)
+        assert held is not None
+        in_thread("close-old-backend", backend.close)
+        assert pool.parked == 1 and "1 pinned frame buffer" in caplog.text
+        stats = pycuda_double.stats()
+        assert stats.host_frees == stats.host_allocs - 1           # all but the held one
+        in_thread("publish", lambda: held.fill(0))                 # still valid memory
+        del held
+        assert stats.host_leaks_out_of_thread == 0 and stats.host_leaks_dead_context == 0
+
+
+def test_sizes_dropped_from_the_pool_are_freed_in_the_context_thread():
+    with doubles("10.3", NANO):
+        cuda = CudaContext(0).open()
+        try:
+            pool = PinnedFramePool(cuda, size=1, max_shapes=1)
+            assert pool.acquire((8, 8, 3)) is None
+            pool.serve()
+            held = pool.acquire((8, 8, 3))                          # a frame still has it
+            assert pool.acquire((16, 16, 3)) is None
+            pool.serve()                                            # 8x8 dropped from the pool
+            frees = pycuda_double.stats().host_frees
+            in_thread("publish", lambda: held.fill(1))
+            del held                                                # dropped outside the context
+            pool.serve()                                            # ... freed here
+            assert pycuda_double.stats().host_frees == frees + 1
+        finally:
+            cuda.close()
+        stats = pycuda_double.stats()
+        assert stats.host_leaks_out_of_thread == 0 and stats.host_leaks_dead_context == 0
+        assert stats.host_allocs == stats.host_frees == 2
