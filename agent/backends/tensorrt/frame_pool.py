@@ -131,6 +131,11 @@ class PinnedFramePool(object):
                 return
             wanted, self._wanted = self._wanted, []
         for key in wanted:
+            with self._lock:
+                if key in self._pools:
+                    # Asked again while its buffers were being allocated: it has them already
+                    # (replacing them would drop buffers frames may hold).
+                    continue
             buffers = [_Buffer(self.cuda.pinned(key, np.uint8, owned=False))
                        for _ in range(self.size)]
             for buf in buffers:

@@ -288,3 +288,34 @@ def test_sizes_dropped_from_the_pool_are_freed_in_the_context_thread():
         stats = pycuda_double.stats()
         assert stats.host_leaks_out_of_thread == 0 and stats.host_leaks_dead_context == 0
         assert stats.host_allocs == stats.host_frees == 2
+
+
+def test_a_size_asked_again_while_it_is_allocated_keeps_its_first_buffers():
+    """Capture asks for a size, the context's thread allocates it, and capture asks again in
+    between (it saw no buffers yet): the next serve() must not replace the buffers frames
+    may already hold (they would be dropped to pycuda's garbage collection)."""
+    with doubles("10.3", NANO):
+        cuda = CudaContext(0).open()
+        try:
+            pool = PinnedFramePool(cuda, size=2)
+            shape = (8, 8, 3)
+            assert pool.acquire(shape) is None
+            original = cuda.pinned
+
+            def allocating(*args, **kwargs):
+                pool.acquire(shape)          # the capture thread, during the allocation
+                return original(*args, **kwargs)
+            cuda.pinned = allocating
+            pool.serve()
+            cuda.pinned = original
+            held = pool.acquire(shape)
+            allocs = pycuda_double.stats().host_allocs
+            pool.serve()
+            assert pycuda_double.stats().host_allocs == allocs and pool.owns(held)
+            in_thread("publish", lambda: held.fill(2))
+            del held
+        finally:
+            cuda.close()
+        stats = pycuda_double.stats()
+        assert stats.host_leaks_out_of_thread == stats.host_leaks_dead_context == 0
+        assert stats.host_allocs == stats.host_frees == 2
