@@ -22,6 +22,15 @@ def _scale(lo: float, hi: float) -> Tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _tick(value: float, step: float) -> str:
+    """A tick label with as many decimals as the step between ticks needs (W that differ by
+    tenths on a 120 W GPU must not all read "123")."""
+    decimals = 0
+    while decimals < 4 and step * 10 ** decimals < 1.0:
+        decimals += 1
+    return "{:.{}f}".format(value, decimals)
+
+
 def layout(results: List[Dict[str, Any]], front: List[Dict[str, Any]], x_key: str,
            x_label: str, title: str, best: Optional[Dict[str, Any]] = None) -> List[Shape]:
     """The figure as shapes: ("line", x1, y1, x2, y2, color), ("poly", [(x, y)...], color),
@@ -44,9 +53,9 @@ def layout(results: List[Dict[str, Any]], front: List[Dict[str, Any]], x_key: st
     shapes.append(("line", LEFT, H - BOTTOM, LEFT, TOP, BLACK))
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4.0, y0 + (y1 - y0) * i / 4.0
-        shapes.append(("text", px(xv, y0)[0], H - BOTTOM + 18, "{:.3g}".format(xv), "middle",
-                       BLACK, 12, False))
-        shapes.append(("text", LEFT - 6, px(x0, yv)[1] + 4, "{:.3g}".format(yv), "end",
+        shapes.append(("text", px(xv, y0)[0], H - BOTTOM + 18, _tick(xv, (x1 - x0) / 4.0),
+                       "middle", BLACK, 12, False))
+        shapes.append(("text", LEFT - 6, px(x0, yv)[1] + 4, _tick(yv, (y1 - y0) / 4.0), "end",
                        BLACK, 12, False))
     shapes.append(("text", (LEFT + W - RIGHT) / 2, H - 18, x_label, "middle", BLACK, 12, False))
     shapes.append(("text", 18, (TOP + H - BOTTOM) / 2, "frames per second", "middle", BLACK, 12,

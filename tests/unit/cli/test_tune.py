@@ -19,7 +19,7 @@ from agent.cli.tune import candidate_config, run_tune
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 from agent.tune import search
-from agent.tune.plot import png_plot, svg_plot
+from agent.tune.plot import layout, png_plot, svg_plot
 from agent.tune.power_modes import PowerModes
 from support.doubles import nvml_double
 from support.paths import ROOT
@@ -254,3 +254,10 @@ def test_tune_switches_power_modes_and_restores_the_original(tmp_path, capsys):
     assert rc == 0
     assert [r["candidate"]["power.nvpmodel"] for r in summary["results"]] == [0, 0]
     assert ["-m", "0"] in fake.calls and fake.mode == 1   # restored
+
+
+def test_plot_ticks_tell_close_watts_apart():
+    results = [{"n": 1, "fps": 150.0, "watts": 122.79}, {"n": 2, "fps": 200.0, "watts": 123.25}]
+    texts = [s[3] for s in layout(results, results, "watts", "W", "t") if s[0] == "text"]
+    x_ticks = texts[1:11:2]
+    assert len(set(x_ticks)) == 5, x_ticks
