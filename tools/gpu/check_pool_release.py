@@ -29,19 +29,10 @@ SHAPE = (720, 1280, 3)
 
 
 def in_thread(name, fn):
-    box = {}
-
-    def body():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # reported by the caller
-            box["error"] = exc
-    thread = threading.Thread(target=body, name=name)
-    thread.start()
-    thread.join(60)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    """`fn()` run in a new thread of its own called `name` (pycuda ties contexts to threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
+        return pool.submit(fn).result(timeout=60)
 
 
 def one_round(mode):
