@@ -45,7 +45,11 @@ def one_round(mode):
         pool = PinnedFramePool(cuda)
         cuda.release_thread()
         return cuda, pool
-    cuda, pool = in_thread("model-manager", open_context)
+    from concurrent.futures import ThreadPoolExecutor
+    # The model manager's thread lives on, as the agent's does (a thread id is reused once its
+    # thread ends, and pycuda would then take another thread for the context's own).
+    manager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-manager")
+    cuda, pool = manager.submit(open_context).result(timeout=60)
     pool.acquire(SHAPE)
 
     def serve():
@@ -72,6 +76,7 @@ def one_round(mode):
         cuda.close()
     in_thread("close-old-backend", close)
     publisher.join(30)
+    manager.shutdown()
     return pool.parked
 
 
