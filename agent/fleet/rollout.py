@@ -100,8 +100,8 @@ class Rollout(object):
             if left:  # retried once more, after waiting a while for them to come back
                 self.say(None, "waiting_for_offline", devices=left,
                          seconds=self.opt["offline_wait_s"])
-                self.watch.wait(lambda: all(self.watch.inventory.online(d) for d in left),
-                                self.opt["offline_wait_s"])
+                self.watch.wait(lambda: all(self.watch.inventory.online(d) for d in left)
+                                or self.control(), self.opt["offline_wait_s"])
                 outcome = self.run_stage(left, "retry offline")
                 if outcome is not None:
                     return outcome
@@ -121,12 +121,21 @@ class Rollout(object):
         if stop:
             return stop
         self._await_baselines(todo)
+        stop = self._check_control()  # nothing of this stage sent yet: a clean place to stop
+        if stop:
+            return stop
         waiting = []
         for device in todo:
             if self._start(device):
                 waiting.append(device)
+        # Once installs are out, a pause waits for their outcome and window (no device is
+        # left half-judged); an abort interrupts at once.
         self._await_activation(waiting)
-        self._watch_window([d for d in waiting if self.state.device(d)["step"] == st.ACTIVATED])
+        if not self._aborting():
+            self._watch_window([d for d in waiting
+                                if self.state.device(d)["step"] == st.ACTIVATED])
+        if self._aborting():
+            return self.roll_back_all("aborted", "fleet abort")
         failed = [d for d, e in self.state.doc["devices"].items() if e["step"] == st.FAILED]
         regressed = [d for d in names if self.state.device(d).get("regressed")]
         if regressed or len(failed) > self.opt["max_failures"]:
@@ -134,6 +143,9 @@ class Rollout(object):
                    "{} failed (--max-failures {})".format(len(failed), self.opt["max_failures"]))
             return self.roll_back_all("rolled_back", why)
         return self._check_control()
+
+    def _aborting(self) -> bool:
+        return self.control() == "abort"
 
     def _check_control(self) -> Optional[str]:
         control = self.control()
@@ -151,12 +163,19 @@ class Rollout(object):
         inv = self.watch.inventory
         if entry["step"] == st.ACTIVATED:  # activated before a crash: only its window is left
             return True
-        if self.model_of(device) == self.target and entry["step"] != st.SENT:
-            self._step(device, st.OK, detail="already runs " + self.target)
-            return False
         if not inv.online(device):
             entry["attempts"] = entry.get("attempts", 0) + 1
             self._step(device, st.OFFLINE, detail="offline: retried at the end and at --resume")
+            return False
+        ours = bool(entry.get("request_id")) and entry.get("model_before") != self.target
+        if entry["step"] == st.OFFLINE and ours and self.model_of(device) == self.target:
+            # Went offline after its install and came back on the target: its window again.
+            status = inv.status.get(device) or {}
+            self._step(device, st.ACTIVATED, activated_ts=status.get("ts") or time.time(),
+                       detail="back online on {}: its window again".format(self.target))
+            return True
+        if self.model_of(device) == self.target and entry["step"] != st.SENT:
+            self._step(device, st.OK, detail="already runs " + self.target)
             return False
         if entry["step"] == st.SENT:  # sent before the operator stopped: same request again
             self.say(device, "resent", request_id=entry["request_id"])
@@ -217,12 +236,19 @@ class Rollout(object):
         if not devices:
             return
         timeout = self.opt["activate_timeout_s"]
-        self.watch.wait(lambda: all(self._outcome(d) for d in devices) or self.control(),
-                        timeout)
+        inv = self.watch.inventory
+        self.watch.wait(lambda: all(self._outcome(d) or not inv.online(d) for d in devices)
+                        or self._aborting(), timeout)
+        if self._aborting():
+            return  # no verdicts: every device the rollout changed is rolled back
         for device in devices:
             with self.watch.cond:
                 event = self._outcome(device)
-            if event is None:
+                online = inv.online(device)
+            if event is None and not online:  # the Last Will: retried at the end
+                self._step(device, st.OFFLINE, detail="offline before its activation was seen; "
+                           "retried at the end and at --resume")
+            elif event is None:
                 self._step(device, st.FAILED, error="no activated event within "
                                     "{:.0f} s (--activate-timeout)".format(timeout))
             elif event["state"] in FINAL_OK:
@@ -244,11 +270,13 @@ class Rollout(object):
         if not devices:
             return
         window = self.opt["window_s"]
-        self.watch.wait(lambda: self.control(), window)
+        self.watch.wait(self._aborting, window)
         self.watch.wait(lambda: all(self._after(d) or self.model_of(d) != self.target
                                     or not self.watch.inventory.online(d)
-                                    for d in devices) or self.control(),
+                                    for d in devices) or self._aborting(),
                         self.opt["activate_timeout_s"])
+        if self._aborting():
+            return
         for device in devices:
             entry = self.state.device(device)
             with self.watch.cond:
