@@ -60,7 +60,16 @@ class Rollout(object):
         self.started = time.monotonic()
         self.events = {}  # type: Dict[str, List[Dict[str, Any]]]  # request_id -> events
         self.telemetry = {}  # type: Dict[str, List[Dict[str, Any]]]  # device -> messages
+        # What the rollout waits for now, for a progress display: {"what", "ends" (monotonic)}.
+        self.phase = {"what": "starting", "ends": None}  # type: Dict[str, Any]
+        self.on_phase = None  # type: Optional[Callable[[], None]]  # called at each change
         watch.listeners.append(self._collect)
+
+    def _phase(self, what: str, seconds: Optional[float] = None) -> None:
+        self.phase = {"what": what,
+                      "ends": time.monotonic() + seconds if seconds is not None else None}
+        if self.on_phase is not None:
+            self.on_phase()
 
     def _collect(self, device: str, suffix: str, payload: Dict[str, Any]) -> None:
         if suffix == "events" and payload.get("request_id"):
@@ -100,6 +109,7 @@ class Rollout(object):
             if left:  # retried once more, after waiting a while for them to come back
                 self.say(None, "waiting_for_offline", devices=left,
                          seconds=self.opt["offline_wait_s"])
+                self._phase("waiting for offline devices", self.opt["offline_wait_s"])
                 self.watch.wait(lambda: all(self.watch.inventory.online(d) for d in left)
                                 or self.control(), self.opt["offline_wait_s"])
                 outcome = self.run_stage(left, "retry offline")
@@ -116,6 +126,7 @@ class Rollout(object):
     def run_stage(self, names: List[str], label: str) -> Optional[str]:
         """One stage; returns an outcome when the rollout must stop, else None."""
         todo = [d for d in names if self.state.device(d)["step"] not in (st.OK, st.FAILED)]
+        self._phase("telemetry before the update")
         self.say(None, "stage", name=label, devices=todo)
         stop = self._check_control()
         if stop:
@@ -130,6 +141,7 @@ class Rollout(object):
                 waiting.append(device)
         # Once installs are out, a pause waits for their outcome and window (no device is
         # left half-judged); an abort interrupts at once.
+        self._phase("installing")
         self._await_activation(waiting)
         if not self._aborting():
             self._watch_window([d for d in waiting
@@ -270,7 +282,9 @@ class Rollout(object):
         if not devices:
             return
         window = self.opt["window_s"]
+        self._phase("watching telemetry", window)
         self.watch.wait(self._aborting, window)
+        self._phase("telemetry after the window")
         self.watch.wait(lambda: all(self._after(d) or self.model_of(d) != self.target
                                     or not self.watch.inventory.online(d)
                                     for d in devices) or self._aborting(),
@@ -306,6 +320,7 @@ class Rollout(object):
         """Roll back every device this rollout changed; the others are not touched."""
         touched = self.state.touched()
         self.say(None, "rolling_back", reason=why, devices=touched)
+        self._phase("rolling back")
         sent = {}  # type: Dict[str, str]
         for device in touched:
             if self.model_of(device) != self.target:
