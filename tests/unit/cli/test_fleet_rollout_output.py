@@ -119,3 +119,15 @@ def test_into_a_pipe_one_line_per_step_and_json_lines_with_json(two_devices, tmp
     assert all(isinstance(r["ts"], float) for r in records)
     assert [r["request_id"] for r in records if r["event"] == "sent"] == \
         [d.installs[-1] for d in devices]
+
+
+def test_rollout_help_teaches_with_examples(capsys):
+    from agent.__main__ import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fleet", "rollout", "--help"])
+    text = capsys.readouterr().out
+    examples = text[text.index("examples:"):text.index("positional arguments")]
+    for option in ("--canary 5%", "--batch 50", "--window 120", "--max-failures 2",
+                   "--max-regression 0.1", "fleet pause", "--resume", "--json"):
+        assert option in examples, option
+    assert max(len(line) for line in examples.splitlines()) <= 100  # kept as written
