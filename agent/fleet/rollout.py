@@ -218,15 +218,14 @@ class Rollout(object):
         BASELINE_WINDOWS messages, or --window seconds from the operator's start have passed
         and each has sent at least one."""
         inv = self.watch.inventory
-        online = [d for d in devices if inv.online(d) and self.model_of(d) != self.target]
-        if not online:
-            return
         window_end = self.started + self.opt["window_s"]
 
         def enough() -> bool:
-            counts = [len(self._before(d)) for d in online]
-            return min(counts) >= BASELINE_WINDOWS or (time.monotonic() >= window_end and
-                                                       min(counts) >= 1)
+            # Online now: one whose Last Will arrives meanwhile is no longer waited for.
+            counts = [len(self._before(d)) for d in devices
+                      if inv.online(d) and self.model_of(d) != self.target]
+            return not counts or min(counts) >= BASELINE_WINDOWS or (
+                time.monotonic() >= window_end and min(counts) >= 1)
         self.watch.wait(lambda: enough() or self.control(),
                         self.opt["window_s"] + self.opt["activate_timeout_s"])
 
@@ -323,6 +322,11 @@ class Rollout(object):
         self._phase("rolling back")
         sent = {}  # type: Dict[str, str]
         for device in touched:
+            if not self.watch.inventory.online(device):  # it may still run the target
+                self.say(device, "rollback_failed", error="offline: no rollback sent",
+                         hint="when it is back: `edge-agent send model/rollback --device "
+                              "{}`".format(device))
+                continue
             if self.model_of(device) != self.target:
                 self._step(device, st.ROLLED_BACK, detail="already off " + self.target)
                 continue

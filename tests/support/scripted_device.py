@@ -17,8 +17,8 @@ WILL = {"state": "offline", "reason": "connection lost"}
 
 
 class ScriptedDevice(object):
-    """`behaviours` says what each install (in order) does: "activate" (the default),
-    "crash_before_activation", or "crash_in_window" (activates, then the connection drops
+    """`behaviours` says what each install (in order) does: "activate" (the default), "fail"
+    (a `failed` event, as for a bad sha256), "crash_before_activation", or "crash_in_window" (activates, then the connection drops
     before any telemetry of the new model). Telemetry goes out every `interval` seconds while
     connected, like an agent's telemetry.interval_s."""
 
@@ -138,6 +138,9 @@ class ScriptedDevice(object):
         self.installs.append(rid)
         behaviour = self.behaviours.pop(0) if self.behaviours else "activate"
         sent = self.event(rid, "model/install", "accepted")
+        if behaviour == "fail":
+            self.event(rid, "model/install", "failed", error="sha256 mismatch")
+            return
         if behaviour == "crash_before_activation":
             self._silent = True
             threading.Thread(target=self.crash, args=(sent,)).start()  # not in paho's loop

@@ -158,3 +158,24 @@ def test_a_device_that_stays_offline_leaves_the_rollout_incomplete(config, devic
     assert fleet[1].installs == []
     entry = rollout.state.doc["devices"][fleet[1].name]
     assert entry["step"] == "offline" and entry["attempts"] == 2  # the stage, then the retry
+
+
+def test_a_rollback_does_not_call_an_offline_device_rolled_back(config, devices, tmp_path):
+    fleet = devices(2)
+    away, bad = fleet
+    away.behaviours = ["crash_in_window"]  # changed by the rollout, then its Last Will
+    bad.behaviours = ["fail"]
+    log = []
+    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append, canary=2)
+    try:
+        assert rollout.run() == "rolled_back"
+    finally:
+        watch.close()
+    print("\n".join(json.dumps(r, sort_keys=True)[:200] for r in log))
+    entry = rollout.state.doc["devices"][away.name]
+    assert entry["step"] == "offline", entry  # not "rolled_back": it may still run m@2
+    failed = [r for r in log if r["event"] == "rollback_failed"]
+    assert [r["device"] for r in failed] == [away.name]
+    assert "offline" in failed[0]["error"] and away.name in failed[0]["hint"]
+    assert rollout.state.touched() == [away.name]
+    assert log[-1]["counts"] == {"failed": 1, "offline": 1}
