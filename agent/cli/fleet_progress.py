@@ -64,11 +64,12 @@ class RolloutBar(object):
             if self.stage is not None:
                 self.line.finish(self._text())
             self.stage, self.devices = record.get("name"), list(record.get("devices") or [])
-        elif event in OUTCOMES and "device" not in record:
-            if self.stage is not None:
+        elif event in OUTCOMES + ("waiting_for_offline",) and "device" not in record:
+            if self.stage is not None:  # the stage's line stays as it ended
                 self.line.finish(self._text())
             self.stage = None
-            self.line.message(self._summary(record))
+            self.line.message(self._summary(record) if event in OUTCOMES
+                              else format_record(record))
             return
         elif event in NOTABLE:
             self.line.message(format_record(record))

@@ -13,14 +13,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent.updates.replay import ReplayWindow
 
-WILL = {"state": "offline", "reason": "connection lost"}
-
 
 class ScriptedDevice(object):
     """`behaviours` says what each install (in order) does: "activate" (the default), "fail"
-    (a `failed` event, as for a bad sha256), "crash_before_activation", or "crash_in_window" (activates, then the connection drops
-    before any telemetry of the new model). Telemetry goes out every `interval` seconds while
-    connected, like an agent's telemetry.interval_s."""
+    (a `failed` event, as for a bad sha256), "crash_before_activation", or "crash_in_window"
+    (activates, then the connection drops before any telemetry of the new model). Telemetry
+    goes out every `interval` seconds while connected, like an agent's telemetry.interval_s."""
 
     def __init__(self, port: int, name: str, group: str, model: str = "m@1",
                  interval: float = 0.1, prefix: str = "edge") -> None:
@@ -48,7 +46,9 @@ class ScriptedDevice(object):
         kw = {"client_id": "scripted-" + self.name + "-" + uuid.uuid4().hex[:6]}
         client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
                   if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client(**kw))
-        client.will_set(self.topic("status"), json.dumps(WILL), qos=1, retain=True)
+        will = {"state": "offline", "device": self.name, "group": self.group,
+                "reason": "connection lost"}  # as agent/uplink.py's
+        client.will_set(self.topic("status"), json.dumps(will), qos=1, retain=True)
         subscribed = threading.Event()
         client.on_subscribe = lambda *a: subscribed.set()
         client.on_message = self._on_message

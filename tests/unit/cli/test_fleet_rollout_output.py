@@ -2,6 +2,7 @@
 real Mosquitto: on a terminal (a pseudo-terminal) a live bar per stage rewritten in place and a
 summary line; into a pipe one plain line per step; with --json, JSON lines."""
 
+import io
 import json
 import os
 import pty
@@ -10,6 +11,7 @@ import select
 import subprocess
 import sys
 import time
+import types
 import uuid
 
 import pytest
@@ -131,3 +133,40 @@ def test_rollout_help_teaches_with_examples(capsys):
                    "--max-regression 0.1", "fleet pause", "--resume", "--json"):
         assert option in examples, option
     assert max(len(line) for line in examples.splitlines()) <= 100  # kept as written
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_bar_reports_offline_devices_and_ends_with_what_to_do(tmp_path):
+    from agent.cli.fleet_progress import RolloutBar
+    from agent.fleet import state as st
+    state = st.RolloutState.create(str(tmp_path / "r.json"), "lab", dict(INSTALL),
+                                   [["a"], ["b", "c"]], {})
+    out = _Terminal()
+    live = RolloutBar(state.path, out=out, interval=3600)
+    live.follow(types.SimpleNamespace(state=state, phase={"what": "installing", "ends": None}))
+    live.record({"event": "stage", "name": "canary", "devices": ["a"]})
+    state.set_step("a", st.OK)
+    live.record({"event": "ok", "device": "a"})
+    live.record({"event": "stage", "name": "batch 1", "devices": ["b", "c"]})
+    state.set_step("b", st.ACTIVATED)
+    live.record({"event": "activated", "device": "b"})
+    drawn = out.getvalue().split("\r\x1b[K")[-1]
+    assert drawn == "batch 1       [##########..........] 1/2 activated, 0 failed, 0 offline" \
+                    " | installing"
+    state.set_step("c", st.OFFLINE)
+    live.record({"event": "offline", "device": "c", "detail": "offline: retried at the end"})
+    state.set_step("b", st.OK)
+    live.record({"event": "incomplete", "counts": state.counts(), "offline": ["c"]})
+    live.close()
+    screen = [line.split("\r\x1b[K")[-1] for line in out.getvalue().split("\n")]
+    assert screen[0].startswith("canary        [####################] 1/1 activated")
+    assert screen[1].split() == ["offline", "c", 'detail="offline:', "retried", "at", "the",
+                                 'end"']
+    assert screen[2] == "batch 1       [####################] 1/2 activated, 0 failed, 1 offline"
+    assert screen[3].startswith("rollout incomplete: 1 offline, 2 ok of 3 device(s) in ")
+    assert screen[3].endswith("; offline: c; continue with `fleet rollout --resume --state "
+                              "{}`".format(state.path))
