@@ -1,7 +1,8 @@
 """`edge-agent fleet rollout` with real agents on a real Mosquitto and a real HTTP server: a
 3-device rollout completes; a slower model stops at the canary, which is rolled back while the
 others are never touched; a killed operator resumes without redoing finished devices; a paused
-one stops between stages and resumes with one install per device."""
+one stops between stages and resumes with one install per device; a device killed in its
+window is reported offline, retried when it is back, and not counted done before."""
 
 import hashlib
 import json
@@ -48,6 +49,7 @@ def fleet(broker, recorder, tmp_path):
                                 "telemetry from " + name)
         return group, names, root, server
 
+    start.agents = agents  # in start order; a test that restarts one appends it here
     yield start
     for agent in agents:
         agent.kill()
@@ -206,3 +208,30 @@ def test_pause_stops_between_stages_and_resume_finishes_it(broker, recorder, fle
         assert len(_installs(recorder, name)) == 1, (name, _installs(recorder, name))
         recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
                             == "2", 30, name + " on version 2")
+
+
+def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
+        broker, recorder, fleet, tmp_path):
+    group, names, root, server = fleet(2)
+    install = _install_file(tmp_path, root, server, "2")
+    op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "1",
+                   "--window", "2", "--max-regression", "3.0", "--offline-wait", "120")
+    log = []
+    for line in iter(op.proc.stdout.readline, b""):
+        log.append(json.loads(line.decode()))
+        if log[-1]["event"] == "activated" and log[-1]["device"] == names[1]:
+            fleet.agents[1].proc.send_signal(signal.SIGKILL)  # its Last Will, mid-window
+        if log[-1]["event"] == "waiting_for_offline":
+            fleet.agents.append(AgentProcess(fleet.agents[1].args[3:]))  # the same device
+            break
+    assert op.wait(240) == 0, op.err + op.stdout.decode()
+    log += [json.loads(line) for line in op.stdout.decode().splitlines()]
+    print("\n".join(json.dumps(r, sort_keys=True)[:160] for r in log))
+    offline = [r for r in log if r["event"] == "offline"]
+    assert [r["device"] for r in offline] == [names[1]]
+    assert "during its window" in offline[0]["detail"]
+    assert [r["devices"] for r in log if r["event"] == "waiting_for_offline"] == [[names[1]]]
+    assert log[-1]["event"] == "done" and log[-1]["counts"] == {"ok": 2}
+    for name in names:
+        recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
+                            == "2" and p.get("state") == "serving", 60, name + " on 2")
