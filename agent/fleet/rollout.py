@@ -179,13 +179,19 @@ class Rollout(object):
             entry["attempts"] = entry.get("attempts", 0) + 1
             self._step(device, st.OFFLINE, detail="offline: retried at the end and at --resume")
             return False
+        status = inv.status.get(device) or {}
         ours = bool(entry.get("request_id")) and entry.get("model_before") != self.target
         if entry["step"] == st.OFFLINE and ours and self.model_of(device) == self.target:
             # Went offline after its install and came back on the target: its window again.
-            status = inv.status.get(device) or {}
             self._step(device, st.ACTIVATED, activated_ts=status.get("ts") or time.time(),
                        detail="back online on {}: its window again".format(self.target))
             return True
+        if (entry["step"] == st.OFFLINE and ours and not entry.get("activated_ts")
+                and status.get("boot") and status.get("boot") == entry.get("boot")):
+            # Only its connection dropped (the same run of the agent): the install it got may
+            # still be under way, so the same request again. After a restart (another boot)
+            # the agent has dropped it, and a new request is sent below.
+            entry["step"] = st.SENT
         if self.model_of(device) == self.target and entry["step"] != st.SENT:
             self._step(device, st.OK, detail="already runs " + self.target)
             return False
@@ -196,8 +202,9 @@ class Rollout(object):
             with self.watch.cond:
                 base = self._baseline(device)
             rid = "{}-{}-{}".format(self.state.doc["id"], device, entry["attempts"])
+            entry["boot"] = status.get("boot")  # the agent's run that gets the request
             self._step(device, st.SENT, request_id=rid, baseline=base,
-                                sent_ts=round(time.time(), 3), model_before=self.model_of(device))
+                       sent_ts=round(time.time(), 3), model_before=self.model_of(device))
         payload = dict(self.state.doc["install"], request_id=entry["request_id"])
         self.watch.send(device, "model/install", payload)
         return True
@@ -248,15 +255,19 @@ class Rollout(object):
             return
         timeout = self.opt["activate_timeout_s"]
         inv = self.watch.inventory
+        deadline = time.monotonic() + timeout
         self.watch.wait(lambda: all(self._outcome(d) or not inv.online(d) for d in devices)
                         or self._aborting(), timeout)
         if self._aborting():
             return  # no verdicts: every device the rollout changed is rolled back
+        timed_out = time.monotonic() >= deadline
         for device in devices:
             with self.watch.cond:
                 event = self._outcome(device)
                 online = inv.online(device)
-            if event is None and not online:  # the Last Will: retried at the end
+            # Before the deadline, a device without an outcome is one whose Last Will ended
+            # the wait (it may be back already): retried at the end, not failed.
+            if event is None and (not online or not timed_out):
                 self._step(device, st.OFFLINE, detail="offline before its activation was seen; "
                            "retried at the end and at --resume")
             elif event is None:

@@ -17,8 +17,10 @@ from agent.updates.replay import ReplayWindow
 class ScriptedDevice(object):
     """`behaviours` says what each install (in order) does: "activate" (the default), "fail"
     (a `failed` event, as for a bad sha256), "crash_before_activation", or "crash_in_window"
-    (activates, then the connection drops before any telemetry of the new model). Telemetry
-    goes out every `interval` seconds while connected, like an agent's telemetry.interval_s."""
+    (activates, then the connection drops before any telemetry of the new model), or
+    "drop_during_install" (the connection drops while the install is under way, the run goes
+    on: after `boot(same_run=True)` it activates when the same request arrives again). Telemetry goes out every `interval`
+    seconds while connected, like an agent's telemetry.interval_s."""
 
     def __init__(self, port: int, name: str, group: str, model: str = "m@1",
                  interval: float = 0.1, prefix: str = "edge") -> None:
@@ -32,6 +34,7 @@ class ScriptedDevice(object):
         self.boot_id = None  # type: Optional[str]
         self._previous = None  # type: Optional[str]
         self._silent = False
+        self._held = None  # type: Optional[Any]  # (request_id, payload) under way
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -39,9 +42,9 @@ class ScriptedDevice(object):
         return "{}/{}/{}".format(self.prefix, self.name, suffix)
 
     # ---- connection ----
-    def boot(self) -> "ScriptedDevice":
-        """Connect (a new boot id) with the Last Will, publish the retained status, and start
-        the telemetry."""
+    def boot(self, same_run: bool = False) -> "ScriptedDevice":
+        """Connect with the Last Will (a new boot id, unless `same_run`: a reconnection),
+        publish the retained status, and start the telemetry."""
         import paho.mqtt.client as mqtt
         kw = {"client_id": "scripted-" + self.name + "-" + uuid.uuid4().hex[:6]}
         client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
@@ -58,7 +61,9 @@ class ScriptedDevice(object):
         if not subscribed.wait(10):
             raise AssertionError(self.name + " could not subscribe")
         with self._lock:
-            self.client, self.boot_id, self._silent = client, uuid.uuid4().hex[:8], False
+            if not (same_run and self.boot_id):
+                self.boot_id = uuid.uuid4().hex[:8]
+            self.client, self._silent = client, False
             self.status().wait_for_publish()
         threading.Thread(target=self._tick, args=(client,), daemon=True).start()
         return self
@@ -127,6 +132,8 @@ class ScriptedDevice(object):
             if not self.replay.remember(rid):
                 self.event(rid, command, "rejected", error="duplicate request_id {!r}: a "
                            "command with this request_id was already received".format(rid))
+                if self._held and self._held[0] == rid:
+                    self._activate(*self._held)
             elif command == "model/install":
                 self._install(rid, payload)
             elif command == "model/rollback" and self._previous:
@@ -145,10 +152,18 @@ class ScriptedDevice(object):
             self._silent = True
             threading.Thread(target=self.crash, args=(sent,)).start()  # not in paho's loop
             return
-        self._previous, self.model = self.model, "{}@{}".format(payload["name"],
-                                                                  payload["version"])
-        self.status()
-        sent = self.event(rid, "model/install", "activated")
+        if behaviour == "drop_during_install":
+            self._held = (rid, payload)
+            threading.Thread(target=self.crash, args=(sent,)).start()
+            return
+        sent = self._activate(rid, payload)
         if behaviour == "crash_in_window":
             self._silent = True
             threading.Thread(target=self.crash, args=(sent,)).start()
+
+    def _activate(self, rid: str, payload: Dict[str, Any]) -> Any:
+        self._held = None
+        self._previous, self.model = self.model, "{}@{}".format(payload["name"],
+                                                                  payload["version"])
+        self.status()
+        return self.event(rid, "model/install", "activated")

@@ -179,3 +179,28 @@ def test_a_rollback_does_not_call_an_offline_device_rolled_back(config, devices,
     assert "offline" in failed[0]["error"] and away.name in failed[0]["hint"]
     assert rollout.state.touched() == [away.name]
     assert log[-1]["counts"] == {"failed": 1, "offline": 1}
+
+
+def test_a_connection_drop_during_the_install_gets_the_same_request_not_a_second(
+        config, devices, tmp_path):
+    fleet = devices(2)
+    steady, dropped = fleet
+    dropped.behaviours = ["drop_during_install"]
+    log = []
+
+    def emit(record):
+        log.append(record)
+        if record["event"] == "waiting_for_offline":  # the same run of the agent reconnects
+            threading.Thread(target=dropped.boot, kwargs={"same_run": True}).start()
+    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), emit, canary=2)
+    try:
+        assert rollout.run() == "done", log[-1]
+    finally:
+        watch.close()
+    print("\n".join(json.dumps(r, sort_keys=True)[:200] for r in log))
+    assert [r["device"] for r in log if r["event"] == "offline"] == [dropped.name]
+    resent = [r for r in log if r["event"] == "resent"]
+    assert [(r["device"], r["request_id"]) for r in resent] == [(dropped.name,
+                                                                  dropped.installs[0])]
+    assert len(dropped.installs) == 1 and len(steady.installs) == 1
+    assert set(e["step"] for e in rollout.state.doc["devices"].values()) == {"ok"}
