@@ -16,11 +16,12 @@ from agent.updates.replay import ReplayWindow
 
 class ScriptedDevice(object):
     """`behaviours` says what each install (in order) does: "activate" (the default), "fail"
-    (a `failed` event, as for a bad sha256), "crash_before_activation", or "crash_in_window"
+    (a `failed` event, as for a bad sha256), "crash_before_activation", "crash_in_window"
     (activates, then the connection drops before any telemetry of the new model), or
     "drop_during_install" (the connection drops while the install is under way, the run goes
-    on: after `boot(same_run=True)` it activates when the same request arrives again). Telemetry goes out every `interval`
-    seconds while connected, like an agent's telemetry.interval_s."""
+    on: after `boot(same_run=True)` it activates when the same request arrives again).
+    Telemetry goes out every `interval` seconds while connected, like an agent's
+    telemetry.interval_s."""
 
     def __init__(self, port: int, name: str, group: str, model: str = "m@1",
                  interval: float = 0.1, prefix: str = "edge") -> None:
