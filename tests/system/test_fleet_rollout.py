@@ -219,8 +219,14 @@ def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
     log = []
     for line in iter(op.proc.stdout.readline, b""):
         log.append(json.loads(line.decode()))
+        if log[-1]["event"] == "sent" and log[-1]["device"] == names[1]:
+            rid = log[-1]["request_id"]
         if log[-1]["event"] == "activated" and log[-1]["device"] == names[1]:
-            fleet.agents[1].proc.send_signal(signal.SIGKILL)  # its Last Will, mid-window
+            # Once the agent has recorded v2 (its own `activated` event comes after that; the
+            # rollout may have seen the status first), killed: its Last Will, mid-window.
+            recorder.wait_topic(names[1] + "/events", lambda p: p.get("request_id") == rid
+                                and p.get("state") == "activated", 30, "activated event")
+            fleet.agents[1].proc.send_signal(signal.SIGKILL)
         if log[-1]["event"] == "waiting_for_offline":
             fleet.agents.append(AgentProcess(fleet.agents[1].args[3:]))  # the same device
             break
@@ -232,6 +238,8 @@ def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
     assert "during its window" in offline[0]["detail"]
     assert [r["devices"] for r in log if r["event"] == "waiting_for_offline"] == [[names[1]]]
     assert log[-1]["event"] == "done" and log[-1]["counts"] == {"ok": 2}
+    # It came back on v2 (recorded before the kill): watched again, not installed again.
+    assert len(_installs(recorder, names[1])) == 1, _installs(recorder, names[1])
     for name in names:
         recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
                             == "2" and p.get("state") == "serving", 60, name + " on 2")
