@@ -230,9 +230,10 @@ def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
         if log[-1]["event"] == "waiting_for_offline":
             fleet.agents.append(AgentProcess(fleet.agents[1].args[3:]))  # the same device
             break
-    assert op.wait(240) == 0, op.err + op.stdout.decode()
+    code = op.wait(240)
     log += [json.loads(line) for line in op.stdout.decode().splitlines()]
-    print("\n".join(json.dumps(r, sort_keys=True)[:160] for r in log))
+    text = "\n".join(json.dumps(r, sort_keys=True)[:200] for r in log)
+    assert code == 0, op.err + text
     offline = [r for r in log if r["event"] == "offline"]
     assert [r["device"] for r in offline] == [names[1]]
     assert "during its window" in offline[0]["detail"]
