@@ -214,8 +214,10 @@ def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
         broker, recorder, fleet, tmp_path):
     group, names, root, server = fleet(2)
     install = _install_file(tmp_path, root, server, "2")
+    # Gates wide open: this is about offline handling, and a restarted agent's first windows
+    # can be many times slower on a loaded machine.
     op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "1",
-                   "--window", "2", "--max-regression", "3.0", "--offline-wait", "120")
+                   "--window", "2", "--max-regression", "100", "--offline-wait", "120")
     log = []
     for line in iter(op.proc.stdout.readline, b""):
         log.append(json.loads(line.decode()))
