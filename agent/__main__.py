@@ -355,6 +355,33 @@ without redoing finished devices. Exit codes: 0 done, 1 rolled back or aborted, 
 incomplete (devices offline: rerun with --resume), 2 usage or broker errors.
 """
 
+ROLLOUT_DESCRIPTION = """\
+Install INSTALL.json (a model/install payload) on group G stage by stage: --canary devices,
+then batches of --batch. For each device: its figures before (its telemetry), the install,
+its `activated` event, then --window seconds of its telemetry. A device fails when it does not
+activate, ends on another model, or its infer p50 or end-to-end p99 grow (inferences/J
+shrink) by more than --max-regression against its own figures before. Any regression, or more
+than --max-failures failures: every device the rollout changed is rolled back, and it stops.
+Offline devices are reported and retried at the end, never counted done.
+
+examples:
+  # 1 canary, then batches of 10; 30 s of telemetry each; no failure tolerated, 20 % worse:
+  edge-agent fleet rollout install.json --group lab
+  # 5 % canary, batches of 50, 2 minutes each; 2 failures tolerated, 10 % worse at most:
+  edge-agent fleet rollout install.json --group lab --canary 5% --batch 50 --window 120 \\
+      --max-failures 2 --max-regression 0.1
+  # all at once, one telemetry message each, gates wide open (e.g. a relabel-only update):
+  edge-agent fleet rollout install.json --group lab --canary 100% --window 0 \\
+      --max-regression 1000
+  edge-agent fleet pause --group lab      # elsewhere: stops after the current stage
+  edge-agent fleet rollout --resume --group lab
+  edge-agent fleet rollout install.json --group lab --json | jq -c 'select(.event=="failed")'
+
+Output: a live bar per stage on a terminal, one line per step into a pipe, JSON lines with
+--json. State: --state FILE (default ./fleet-rollout-G.json). Exit codes: 0 done, 1 rolled
+back or aborted, 3 paused or incomplete (rerun with --resume), 2 usage or broker errors.
+"""
+
 
 def _add_fleet(sub: Any) -> None:
     """`fleet`: inventory and staged rollouts."""
@@ -376,8 +403,8 @@ def _add_fleet(sub: Any) -> None:
                     help="seconds to wait for telemetry from online devices (default 6: "
                          "a little more than the default telemetry.interval_s; 0 = none)")
     ro = _command(fleet, "rollout", "staged model rollout with performance gates",
-                  "Install INSTALL.json (a model/install payload) on group G: canary, then "
-                  "batches, each gated on `activated` events and the devices' telemetry.")
+                  ROLLOUT_DESCRIPTION)
+    ro.formatter_class = argparse.RawDescriptionHelpFormatter
     ro.add_argument("install", nargs="?", metavar="INSTALL.json",
                     help="the model/install payload (name, version, url, sha256, manifest...)")
     ro.add_argument("--group", metavar="G", help="the devices of group G (device.group)")

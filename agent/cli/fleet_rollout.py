@@ -31,7 +31,14 @@ def rollout(config: Config, args: argparse.Namespace, path: str) -> int:
     from ..fleet import state as st
     from ..fleet.rollout import Rollout
     from ..fleet.watch import FleetWatch
-    emit = _printer(args.json)
+    from .progress import is_terminal
+    live = None
+    if not args.json and is_terminal(sys.stdout):
+        from .fleet_progress import RolloutBar
+        live = RolloutBar(path)
+        emit = live.record
+    else:
+        emit = _printer(args.json)
     with FleetWatch(config, "fleet-rollout") as watch:
         watch.sync()
         if args.resume:
@@ -47,7 +54,14 @@ def rollout(config: Config, args: argparse.Namespace, path: str) -> int:
                 raise AgentError("fleet rollout needs INSTALL.json and --group G "
                                  "(or --resume)")
             state = _new_state(watch, args, path)
-        outcome = Rollout(watch, state, emit).run()
+        engine = Rollout(watch, state, emit)
+        if live is not None:
+            live.follow(engine)
+        try:
+            outcome = engine.run()
+        finally:
+            if live is not None:
+                live.close()
     return EXIT.get(outcome, 1)
 
 
@@ -89,14 +103,14 @@ def _read_install(path: str) -> Dict[str, Any]:
 
 
 def _printer(as_json: bool) -> Any:
+    """JSON lines (--json), or one text line per step."""
+    from .fleet_progress import format_record
+
     def emit(record: Dict[str, Any]) -> None:
         if as_json:
             sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         else:
-            extra = " ".join("{}={}".format(k, json.dumps(v)) for k, v in sorted(record.items())
-                             if k not in ("ts", "event", "device", "baseline"))
-            sys.stdout.write("{:<14} {:<16} {}\n".format(record.get("event"),
-                                                         record.get("device", ""), extra))
+            sys.stdout.write(format_record(record) + "\n")
         sys.stdout.flush()
     return emit
 

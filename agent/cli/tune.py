@@ -94,9 +94,8 @@ def measure_candidate(config: Config, package: Any, candidate: search.Candidate,
 
 
 def _progress(i: int, total: int, label: str, done: Optional[Dict[str, Any]] = None) -> None:
-    width = 20
-    filled = int(width * i / total) if total else width
-    bar = "#" * filled + "." * (width - filled)
+    from .progress import bar as progress_bar
+    bar = progress_bar(i, total)
     if done is None:
         print("tune [{}] {}/{} {} ...".format(bar, i + 1, total, label), file=sys.stderr)
     elif done.get("error"):

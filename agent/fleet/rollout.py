@@ -60,7 +60,16 @@ class Rollout(object):
         self.started = time.monotonic()
         self.events = {}  # type: Dict[str, List[Dict[str, Any]]]  # request_id -> events
         self.telemetry = {}  # type: Dict[str, List[Dict[str, Any]]]  # device -> messages
+        # What the rollout waits for now, for a progress display: {"what", "ends" (monotonic)}.
+        self.phase = {"what": "starting", "ends": None}  # type: Dict[str, Any]
+        self.on_phase = None  # type: Optional[Callable[[], None]]  # called at each change
         watch.listeners.append(self._collect)
+
+    def _phase(self, what: str, seconds: Optional[float] = None) -> None:
+        self.phase = {"what": what,
+                      "ends": time.monotonic() + seconds if seconds is not None else None}
+        if self.on_phase is not None:
+            self.on_phase()
 
     def _collect(self, device: str, suffix: str, payload: Dict[str, Any]) -> None:
         if suffix == "events" and payload.get("request_id"):
@@ -100,8 +109,9 @@ class Rollout(object):
             if left:  # retried once more, after waiting a while for them to come back
                 self.say(None, "waiting_for_offline", devices=left,
                          seconds=self.opt["offline_wait_s"])
-                self.watch.wait(lambda: all(self.watch.inventory.online(d) for d in left),
-                                self.opt["offline_wait_s"])
+                self._phase("waiting for offline devices", self.opt["offline_wait_s"])
+                self.watch.wait(lambda: all(self.watch.inventory.online(d) for d in left)
+                                or self.control(), self.opt["offline_wait_s"])
                 outcome = self.run_stage(left, "retry offline")
                 if outcome is not None:
                     return outcome
@@ -116,17 +126,28 @@ class Rollout(object):
     def run_stage(self, names: List[str], label: str) -> Optional[str]:
         """One stage; returns an outcome when the rollout must stop, else None."""
         todo = [d for d in names if self.state.device(d)["step"] not in (st.OK, st.FAILED)]
+        self._phase("telemetry before the update")
         self.say(None, "stage", name=label, devices=todo)
         stop = self._check_control()
         if stop:
             return stop
         self._await_baselines(todo)
+        stop = self._check_control()  # nothing of this stage sent yet: a clean place to stop
+        if stop:
+            return stop
         waiting = []
         for device in todo:
             if self._start(device):
                 waiting.append(device)
+        # Once installs are out, a pause waits for their outcome and window (no device is
+        # left half-judged); an abort interrupts at once.
+        self._phase("installing")
         self._await_activation(waiting)
-        self._watch_window([d for d in waiting if self.state.device(d)["step"] == st.ACTIVATED])
+        if not self._aborting():
+            self._watch_window([d for d in waiting
+                                if self.state.device(d)["step"] == st.ACTIVATED])
+        if self._aborting():
+            return self.roll_back_all("aborted", "fleet abort")
         failed = [d for d, e in self.state.doc["devices"].items() if e["step"] == st.FAILED]
         regressed = [d for d in names if self.state.device(d).get("regressed")]
         if regressed or len(failed) > self.opt["max_failures"]:
@@ -134,6 +155,9 @@ class Rollout(object):
                    "{} failed (--max-failures {})".format(len(failed), self.opt["max_failures"]))
             return self.roll_back_all("rolled_back", why)
         return self._check_control()
+
+    def _aborting(self) -> bool:
+        return self.control() == "abort"
 
     def _check_control(self) -> Optional[str]:
         control = self.control()
@@ -151,12 +175,25 @@ class Rollout(object):
         inv = self.watch.inventory
         if entry["step"] == st.ACTIVATED:  # activated before a crash: only its window is left
             return True
-        if self.model_of(device) == self.target and entry["step"] != st.SENT:
-            self._step(device, st.OK, detail="already runs " + self.target)
-            return False
         if not inv.online(device):
             entry["attempts"] = entry.get("attempts", 0) + 1
             self._step(device, st.OFFLINE, detail="offline: retried at the end and at --resume")
+            return False
+        status = inv.status.get(device) or {}
+        ours = bool(entry.get("request_id")) and entry.get("model_before") != self.target
+        if entry["step"] == st.OFFLINE and ours and self.model_of(device) == self.target:
+            # Went offline after its install and came back on the target: its window again.
+            self._step(device, st.ACTIVATED, activated_ts=status.get("ts") or time.time(),
+                       detail="back online on {}: its window again".format(self.target))
+            return True
+        if (entry["step"] == st.OFFLINE and ours and not entry.get("activated_ts")
+                and status.get("boot") and status.get("boot") == entry.get("boot")):
+            # Only its connection dropped (the same run of the agent): the install it got may
+            # still be under way, so the same request again. After a restart (another boot)
+            # the agent has dropped it, and a new request is sent below.
+            entry["step"] = st.SENT
+        if self.model_of(device) == self.target and entry["step"] != st.SENT:
+            self._step(device, st.OK, detail="already runs " + self.target)
             return False
         if entry["step"] == st.SENT:  # sent before the operator stopped: same request again
             self.say(device, "resent", request_id=entry["request_id"])
@@ -165,8 +202,9 @@ class Rollout(object):
             with self.watch.cond:
                 base = self._baseline(device)
             rid = "{}-{}-{}".format(self.state.doc["id"], device, entry["attempts"])
+            entry["boot"] = status.get("boot")  # the agent's run that gets the request
             self._step(device, st.SENT, request_id=rid, baseline=base,
-                                sent_ts=round(time.time(), 3), model_before=self.model_of(device))
+                       sent_ts=round(time.time(), 3), model_before=self.model_of(device))
         payload = dict(self.state.doc["install"], request_id=entry["request_id"])
         self.watch.send(device, "model/install", payload)
         return True
@@ -187,15 +225,14 @@ class Rollout(object):
         BASELINE_WINDOWS messages, or --window seconds from the operator's start have passed
         and each has sent at least one."""
         inv = self.watch.inventory
-        online = [d for d in devices if inv.online(d) and self.model_of(d) != self.target]
-        if not online:
-            return
         window_end = self.started + self.opt["window_s"]
 
         def enough() -> bool:
-            counts = [len(self._before(d)) for d in online]
-            return min(counts) >= BASELINE_WINDOWS or (time.monotonic() >= window_end and
-                                                       min(counts) >= 1)
+            # Online now: one whose Last Will arrives meanwhile is no longer waited for.
+            counts = [len(self._before(d)) for d in devices
+                      if inv.online(d) and self.model_of(d) != self.target]
+            return not counts or min(counts) >= BASELINE_WINDOWS or (
+                time.monotonic() >= window_end and min(counts) >= 1)
         self.watch.wait(lambda: enough() or self.control(),
                         self.opt["window_s"] + self.opt["activate_timeout_s"])
 
@@ -217,12 +254,23 @@ class Rollout(object):
         if not devices:
             return
         timeout = self.opt["activate_timeout_s"]
-        self.watch.wait(lambda: all(self._outcome(d) for d in devices) or self.control(),
-                        timeout)
+        inv = self.watch.inventory
+        deadline = time.monotonic() + timeout
+        self.watch.wait(lambda: all(self._outcome(d) or not inv.online(d) for d in devices)
+                        or self._aborting(), timeout)
+        if self._aborting():
+            return  # no verdicts: every device the rollout changed is rolled back
+        timed_out = time.monotonic() >= deadline
         for device in devices:
             with self.watch.cond:
                 event = self._outcome(device)
-            if event is None:
+                online = inv.online(device)
+            # Before the deadline, a device without an outcome is one whose Last Will ended
+            # the wait (it may be back already): retried at the end, not failed.
+            if event is None and (not online or not timed_out):
+                self._step(device, st.OFFLINE, detail="offline before its activation was seen; "
+                           "retried at the end and at --resume")
+            elif event is None:
                 self._step(device, st.FAILED, error="no activated event within "
                                     "{:.0f} s (--activate-timeout)".format(timeout))
             elif event["state"] in FINAL_OK:
@@ -244,11 +292,15 @@ class Rollout(object):
         if not devices:
             return
         window = self.opt["window_s"]
-        self.watch.wait(lambda: self.control(), window)
+        self._phase("watching telemetry", window)
+        self.watch.wait(self._aborting, window)
+        self._phase("telemetry after the window")
         self.watch.wait(lambda: all(self._after(d) or self.model_of(d) != self.target
                                     or not self.watch.inventory.online(d)
-                                    for d in devices) or self.control(),
+                                    for d in devices) or self._aborting(),
                         self.opt["activate_timeout_s"])
+        if self._aborting():
+            return
         for device in devices:
             entry = self.state.device(device)
             with self.watch.cond:
@@ -278,8 +330,14 @@ class Rollout(object):
         """Roll back every device this rollout changed; the others are not touched."""
         touched = self.state.touched()
         self.say(None, "rolling_back", reason=why, devices=touched)
+        self._phase("rolling back")
         sent = {}  # type: Dict[str, str]
         for device in touched:
+            if not self.watch.inventory.online(device):  # it may still run the target
+                self.say(device, "rollback_failed", error="offline: no rollback sent",
+                         hint="when it is back: `edge-agent send model/rollback --device "
+                              "{}`".format(device))
+                continue
             if self.model_of(device) != self.target:
                 self._step(device, st.ROLLED_BACK, detail="already off " + self.target)
                 continue

@@ -1,6 +1,8 @@
 """`edge-agent fleet rollout` with real agents on a real Mosquitto and a real HTTP server: a
 3-device rollout completes; a slower model stops at the canary, which is rolled back while the
-others are never touched; a killed operator resumes without redoing finished devices."""
+others are never touched; a killed operator resumes without redoing finished devices; a paused
+one stops between stages and resumes with one install per device; a device killed in its
+window is reported offline, retried when it is back, and not counted done before."""
 
 import hashlib
 import json
@@ -47,6 +49,7 @@ def fleet(broker, recorder, tmp_path):
                                 "telemetry from " + name)
         return group, names, root, server
 
+    start.agents = agents  # in start order; a test that restarts one appends it here
     yield start
     for agent in agents:
         agent.kill()
@@ -166,3 +169,80 @@ def test_fleet_abort_rolls_back_the_canary_and_stops(broker, recorder, fleet, tm
                         == "1", 30, "the canary back on version 1")
     assert not [t for t, _, _ in recorder.messages
                 if t.startswith("edge/{}/cmd/".format(names[1]))]
+
+
+def test_pause_stops_between_stages_and_resume_finishes_it(broker, recorder, fleet,
+                                                           tmp_path):
+    group, names, root, server = fleet(2)
+    install = _install_file(tmp_path, root, server, "2")
+    op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "1",
+                   "--window", "1", "--max-regression", "3.0")
+    log = []
+    for line in iter(op.proc.stdout.readline, b""):  # the canary's install is on its way
+        log.append(json.loads(line.decode()))
+        if log[-1]["event"] == "sent":
+            break
+    pause = AgentProcess(["fleet", "pause", "--state", str(tmp_path / "rollout.json")])
+    assert pause.wait(30) == 0, pause.err
+    assert op.wait(120) == 3, op.err + op.stdout.decode()
+    log += [json.loads(line) for line in op.stdout.decode().splitlines()]
+    print("\n".join(json.dumps(r, sort_keys=True)[:160] for r in log))
+    assert log[-1]["event"] == "paused"
+    state = json.loads((tmp_path / "rollout.json").read_text())
+    assert state["outcome"] == "paused"
+    # Stopped between stages: the canary's stage finished (usually the pause came while its
+    # install was in flight); no device was left in between, and no later one was touched.
+    steps = [state["devices"][n]["step"] for n in names]
+    assert steps in (["ok", "pending"], ["ok", "ok"]), steps
+    pending = [n for n, step in zip(names, steps) if step == "pending"]
+    for name in pending:
+        assert not [t for t, _, _ in recorder.messages
+                    if t.startswith("edge/{}/cmd/".format(name))], name
+
+    resumed = _operator(broker, tmp_path, "--resume")
+    assert resumed.wait(120) == 0, resumed.err + resumed.stdout.decode()
+    log = [json.loads(line) for line in resumed.stdout.decode().splitlines()]
+    assert log[0]["event"] == "resumed" and log[-1]["event"] == "done"
+    assert [r["device"] for r in log if r["event"] in ("sent", "resent")] == pending
+    for name in names:  # one install each, never a second one
+        assert len(_installs(recorder, name)) == 1, (name, _installs(recorder, name))
+        recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
+                            == "2", 30, name + " on version 2")
+
+
+def test_a_device_killed_in_its_window_is_retried_when_back_not_counted_done(
+        broker, recorder, fleet, tmp_path):
+    group, names, root, server = fleet(2)
+    install = _install_file(tmp_path, root, server, "2")
+    # Gates wide open: this is about offline handling, and a restarted agent's first windows
+    # can be many times slower on a loaded machine.
+    op = _operator(broker, tmp_path, install, "--group", group, "--canary", "1", "--batch", "1",
+                   "--window", "2", "--max-regression", "100", "--offline-wait", "120")
+    log = []
+    for line in iter(op.proc.stdout.readline, b""):
+        log.append(json.loads(line.decode()))
+        if log[-1]["event"] == "sent" and log[-1]["device"] == names[1]:
+            rid = log[-1]["request_id"]
+        if log[-1]["event"] == "activated" and log[-1]["device"] == names[1]:
+            # Once the agent has recorded v2 (its own `activated` event comes after that; the
+            # rollout may have seen the status first), killed: its Last Will, mid-window.
+            recorder.wait_topic(names[1] + "/events", lambda p: p.get("request_id") == rid
+                                and p.get("state") == "activated", 30, "activated event")
+            fleet.agents[1].proc.send_signal(signal.SIGKILL)
+        if log[-1]["event"] == "waiting_for_offline":
+            fleet.agents.append(AgentProcess(fleet.agents[1].args[3:]))  # the same device
+            break
+    code = op.wait(240)
+    log += [json.loads(line) for line in op.stdout.decode().splitlines()]
+    text = "\n".join(json.dumps(r, sort_keys=True)[:200] for r in log)
+    assert code == 0, op.err + text
+    offline = [r for r in log if r["event"] == "offline"]
+    assert [r["device"] for r in offline] == [names[1]]
+    assert "during its window" in offline[0]["detail"]
+    assert [r["devices"] for r in log if r["event"] == "waiting_for_offline"] == [[names[1]]]
+    assert log[-1]["event"] == "done" and log[-1]["counts"] == {"ok": 2}
+    # It came back on v2 (recorded before the kill): watched again, not installed again.
+    assert len(_installs(recorder, names[1])) == 1, _installs(recorder, names[1])
+    for name in names:
+        recorder.wait_topic(name + "/status", lambda p: (p.get("model") or {}).get("version")
+                            == "2" and p.get("state") == "serving", 60, name + " on 2")
