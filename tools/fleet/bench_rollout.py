@@ -21,10 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
+
+from children import ChildGuard, exit_on_signals, stop_process  # noqa: E402  (tools/fleet/)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,15 +71,24 @@ class Events(object):
         self.client.disconnect()
 
 
-def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
+def run_one(count: int, work: str, processes: int = 1,
+            guard: Optional[ChildGuard] = None) -> Dict[str, Any]:
+    """One rollout to `count` simulated devices; every process it starts is watched by `guard`
+    (one of its own when None), so none outlives the benchmark."""
     from support.broker import Broker
     from support.model_store import FileServer, LABELS, publish_model, sha
+    own_guard = guard is None
+    guard = guard or ChildGuard()
     group = "b{}".format(count)
-    broker = Broker(work, extra="max_queued_messages 10000\n").start()
-    server = FileServer()
+    broker = Broker(work, extra="max_queued_messages 10000\n")
+    server = None
     sims = []  # type: list
+    operator = None
     events = None
     try:
+        broker.start()
+        guard.watch(broker.proc)
+        server = FileServer()
         install = dict(publish_model(server, "2", seed=1), labels_sha256=sha(LABELS))
         install_file = os.path.join(work, "install.json")
         with open(install_file, "w") as handle:
@@ -91,7 +102,8 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
                  "--count", str(last - first), "--first", str(first),
                  "--port", str(broker.port), "--group", group,
                  "--dir", os.path.join(work, "devices")],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            guard.watch(sims[-1])
         deadline = time.monotonic() + 600
         while events.serving() < count and time.monotonic() < deadline:
             time.sleep(0.5)  # a benchmark's poll, not a test's synchronisation
@@ -107,6 +119,7 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
              "--activate-timeout", "300", "--state", os.path.join(work, "rollout.json"),
              "--set", "mqtt.host=127.0.0.1", "--set", "mqtt.port={}".format(broker.port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        guard.watch(operator)
         out, err = operator.communicate(timeout=900)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the operator, reaped
         cpu1 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
@@ -137,15 +150,20 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
     finally:
         if events is not None:
             events.close()
+        stop_process(operator, guard, 10)
         for sim in sims:
-            sim.terminate()
+            if sim.poll() is None:
+                sim.terminate()
         for sim in sims:
-            try:
-                sim.wait(120)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        server.close()
-        broker.stop()
+            stop_process(sim, guard)
+        if server is not None:
+            server.close()
+        if broker.proc is not None:
+            pid = broker.proc.pid
+            broker.stop()
+            guard.forget(pid)
+        if own_guard:
+            guard.close()
 
 
 def main() -> int:
@@ -155,6 +173,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1,
                         help="simulator processes the devices are spread over (default 1)")
     args = parser.parse_args()
+    exit_on_signals()
     rows = []
     for count in args.counts:
         work = tempfile.mkdtemp(prefix="fleet-bench-")
