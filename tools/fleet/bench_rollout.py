@@ -1,12 +1,15 @@
 """Benchmark: a group rollout to N simulated devices on one real Mosquitto.
 
 For each N: starts a private Mosquitto, an HTTP server with tiny@2, the simulator
-(tools/fleet/simulate.py, N agents in one process), waits until every device serves, then runs
+(tools/fleet/simulate.py, N agents spread over --processes processes, by default one per CPU
+core: one Python process holds one GIL), waits until every device serves, then runs
 `edge-agent fleet rollout` (one stage: --canary 100%, --window 0, gates off: the simulated
 devices' latencies are GIL noise) as the operator and reports:
 seconds from the first install sent to the last `activated`, commands lost (devices without an
 outcome), duplicate activations (more than one `activated` event for one request), failures,
-and the CPU seconds of the operator, the broker and the simulator during the rollout.
+and the CPU seconds of the operator, the broker and the simulator during the rollout, with the
+1-minute load average when the rollout began (the machine may be shared).
+Every process it starts ends with it, also when it is killed (tools/fleet/children.py).
 
     .venv/bin/python tools/fleet/bench_rollout.py 50 100 200 [--json]
 """
@@ -113,6 +116,7 @@ def run_one(count: int, work: str, processes: int = 1,
                 events.serving(), count))
         cpu0 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load = os.getloadavg()[0]
         operator = subprocess.Popen(
             [sys.executable, "-m", "agent", "fleet", "rollout", install_file, "--group", group,
              "--canary", "100%", "--window", "0", "--max-regression", "1e6", "--json",
@@ -133,6 +137,7 @@ def run_one(count: int, work: str, processes: int = 1,
         stamps = [e["ts"] for evs in activated.values() for e in evs]
         return {
             "devices": count, "processes": processes, "start_s": round(start_s, 1),
+            "loadavg": round(load, 2),
             "outcome": log[-1]["event"] if log else err.decode()[-300:],
             "sent": len(sent),
             "activated": sum(1 for evs in activated.values() if evs),
@@ -170,8 +175,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("counts", type=int, nargs="+")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="simulator processes the devices are spread over (default 1)")
+    parser.add_argument("--processes", type=int, default=max(1, os.cpu_count() or 1),
+                        help="simulator processes the devices are spread over (default: one "
+                             "per CPU core, here %(default)s; 1 packs all in one interpreter)")
     args = parser.parse_args()
     exit_on_signals()
     rows = []
@@ -185,7 +191,7 @@ def main() -> int:
         print(json.dumps(row, sort_keys=True) if args.json else
               "N={devices:<4} start {start_s:>6} s  converge {converge_s} s  sent {sent} "
               "activated {activated} lost {lost} duplicates {duplicates} failed {failed} "
-              "cpu {cpu_s}  ({outcome})".format(**row), flush=True)
+              "cpu {cpu_s} load {loadavg}  ({outcome})".format(**row), flush=True)
     return 0
 
 
