@@ -8,6 +8,8 @@ and inference made cheap: a small synthetic source at a low frame rate and a tin
 Runs until SIGTERM/SIGINT; prints `ready N` once every agent thread is started. Each device
 `sim-<group>-<i>` has its own state directory under --dir, seeded with tiny@1 (active). The
 tiny model helpers come from tests/support (the onnx package is needed, as for the tests).
+One process holds one GIL: for more than ~100 devices start one simulator per CPU core
+(--first numbers them apart; bench_rollout.py --processes does it). SCALE.md has the figures.
 """
 
 import argparse
