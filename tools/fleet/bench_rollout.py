@@ -80,6 +80,8 @@ def run_one(count: int, work: str, processes: int = 1,
     (one of its own when None), so none outlives the benchmark."""
     from support.broker import Broker
     from support.model_store import FileServer, LABELS, publish_model, sha
+    from simulate import MAX_PER_PROCESS
+    processes = max(processes, -(-count // MAX_PER_PROCESS))  # paho's select(): see simulate.py
     own_guard = guard is None
     guard = guard or ChildGuard()
     group = "b{}".format(count)

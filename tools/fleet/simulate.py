@@ -8,8 +8,9 @@ and inference made cheap: a small synthetic source at a low frame rate and a tin
 Runs until SIGTERM/SIGINT; prints `ready N` once every agent thread is started. Each device
 `sim-<group>-<i>` has its own state directory under --dir, seeded with tiny@1 (active). The
 tiny model helpers come from tests/support (the onnx package is needed, as for the tests).
-One process holds one GIL: for more than ~100 devices start one simulator per CPU core
-(--first numbers them apart; bench_rollout.py --processes does it). SCALE.md has the figures.
+One process holds one GIL and at most MAX_PER_PROCESS (150) devices: start one simulator per
+CPU core or more (--first numbers them apart; bench_rollout.py --processes does it).
+SCALE.md has the figures.
 """
 
 import argparse
@@ -21,6 +22,12 @@ from typing import Any, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+
+# paho's network loop uses select(), which cannot watch a file descriptor above 1023; each
+# agent holds 6 (its MQTT socket, paho's wake-up socket pair, the spool's 3 SQLite files), so
+# past ~165 agents in one process the newest cannot connect at all (measured: 170 of 200).
+MAX_PER_PROCESS = 150
 
 
 def device_overrides(name: str, state_dir: str, port: int, group: str,
@@ -86,6 +93,11 @@ def main() -> int:
                              "(Python's default: 0.005); longer wastes less CPU when hundreds "
                              "of agent threads wait for the GIL (default 0.05)")
     args = parser.parse_args()
+    if args.count > MAX_PER_PROCESS:
+        parser.error("--count {}: at most {} devices per process (paho's select() cannot use "
+                     "file descriptors above 1023, and each agent holds 6); start several "
+                     "simulators with --first, as bench_rollout.py --processes does".format(
+                         args.count, MAX_PER_PROCESS))
     from agent.logs import configure_logging
     configure_logging("WARNING")
     threading.stack_size(512 * 1024)  # hundreds of agents, ~8 threads each
