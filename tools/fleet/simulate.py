@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, List
+from typing import Any, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
@@ -54,8 +54,10 @@ def seed_store(state_dir: str, package_dir: str) -> None:
 
 
 def start_fleet(count: int, port: int, group: str, base: str, fps: float = 1.0,
-                telemetry_s: float = 2.0, first: int = 0) -> List[Any]:
-    """Start `count` agents in threads; returns them (stop each with agent.stop.set())."""
+                telemetry_s: float = 2.0, first: int = 0,
+                cancel: Optional[threading.Event] = None) -> List[Any]:
+    """Start `count` agents in threads; returns them (stop each with agent.stop.set()).
+    Setting `cancel` stops starting more (a SIGTERM during a long start-up)."""
     from agent.config import load_config
     from agent.daemon import Agent
     from support.model_store import make_package_dir
@@ -64,6 +66,8 @@ def start_fleet(count: int, port: int, group: str, base: str, fps: float = 1.0,
         make_package_dir(package_dir, "tiny", "1", seed=0)
     agents = []
     for i in range(first, first + count):
+        if cancel is not None and cancel.is_set():
+            break
         name = "sim-{}-{}".format(group, i)
         state_dir = os.path.join(base, name)
         os.makedirs(state_dir, exist_ok=True)
@@ -112,7 +116,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
     agents = start_fleet(args.count, args.port, args.group, args.dir, args.fps,
-                         args.telemetry_s, args.first)
+                         args.telemetry_s, args.first, cancel=done)
     print("ready {}".format(len(agents)), flush=True)
     done.wait()
     for agent in agents:
