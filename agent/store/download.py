@@ -12,6 +12,7 @@ downgraded to http when http is not allowed.
 
 import base64
 import hashlib
+import http.client
 import os
 import socket
 import ssl
@@ -127,14 +128,31 @@ class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
+class _LazyHTTPSHandler(urllib.request.HTTPSHandler):
+    """HTTPS with the system CAs (or `ca_file`); the context (~50 ms of CPU to load the CAs)
+    is made only when an https URL is opened, not for every http download."""
+
+    def __init__(self, ca_file: Optional[str], shown: str) -> None:
+        # Not HTTPSHandler.__init__: from Python 3.12 on it makes a default context at once.
+        urllib.request.AbstractHTTPHandler.__init__(self)
+        self._ca_file = ca_file
+        self._shown = shown
+        self._context = None  # type: Any
+        self._check_hostname = None  # Python < 3.12 reads it in https_open
+
+    def https_open(self, req: Any) -> Any:
+        if self._context is None:
+            try:
+                self._context = ssl.create_default_context(cafile=self._ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise DownloadError("download {}: cannot use CA file {}: {}; point it at a PEM "
+                                    "certificate bundle".format(self._shown, self._ca_file, exc))
+        return self.do_open(http.client.HTTPSConnection, req, context=self._context)
+
+
 def _open_http(url: str, shown: str, timeout: float, ca_file: Optional[str],
                allowed: Sequence[str]) -> Tuple[Any, Optional[int]]:
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise DownloadError("download {}: cannot use CA file {}: {}; point it at a PEM "
-                            "certificate bundle".format(shown, ca_file, exc))
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+    opener = urllib.request.build_opener(_LazyHTTPSHandler(ca_file, shown),
                                          _SchemeCheckingRedirects(allowed, shown))
     parts = urllib.parse.urlsplit(url)
     credentials = None

@@ -8,7 +8,6 @@ are small: seconds of frames).
 import threading
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "end_to_end")
 
@@ -18,9 +17,21 @@ def percentiles(values: Sequence[float], points: Sequence[float] = (50, 95, 99)
     """{'p50': .., 'p95': .., 'p99': ..} in the values' unit, or None when empty."""
     if not len(values):
         return None
-    arr = np.asarray(values, dtype=np.float64)
-    res = np.percentile(arr, points)
-    return {"p{}".format(int(p)): round(float(v), 3) for p, v in zip(points, res)}
+    # numpy's default (linear) method, done on a sorted list: np.percentile costs ~100 us a
+    # call whatever the size, 5 calls per telemetry message (profiled: a tenth of an idle
+    # agent's CPU at 1 fps).
+    ordered = sorted(float(v) for v in values)
+    last = len(ordered) - 1
+    out = {}  # type: Dict[str, float]
+    for p in points:
+        pos = p / 100.0 * last
+        low = int(pos)
+        frac = pos - low
+        a, b = ordered[low], ordered[min(low + 1, last)]
+        # numpy's lerp: from the nearer end, so the result stays within [a, b]
+        value = a + (b - a) * frac if frac < 0.5 else b - (b - a) * (1.0 - frac)
+        out["p{}".format(int(p))] = round(value, 3)
+    return out
 
 
 class StageStats(object):

@@ -1,12 +1,15 @@
 """Benchmark: a group rollout to N simulated devices on one real Mosquitto.
 
 For each N: starts a private Mosquitto, an HTTP server with tiny@2, the simulator
-(tools/fleet/simulate.py, N agents in one process), waits until every device serves, then runs
+(tools/fleet/simulate.py, N agents spread over --processes processes, by default one per CPU
+core: one Python process holds one GIL), waits until every device serves, then runs
 `edge-agent fleet rollout` (one stage: --canary 100%, --window 0, gates off: the simulated
 devices' latencies are GIL noise) as the operator and reports:
 seconds from the first install sent to the last `activated`, commands lost (devices without an
 outcome), duplicate activations (more than one `activated` event for one request), failures,
-and the CPU seconds of the operator, the broker and the simulator during the rollout.
+and the CPU seconds of the operator, the broker and the simulator during the rollout, with the
+1-minute load average when the rollout began (the machine may be shared).
+Every process it starts ends with it, also when it is killed (tools/fleet/children.py).
 
     .venv/bin/python tools/fleet/bench_rollout.py 50 100 200 [--json]
 """
@@ -21,10 +24,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
+
+from children import ChildGuard, exit_on_signals, stop_process  # noqa: E402  (tools/fleet/)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,15 +74,26 @@ class Events(object):
         self.client.disconnect()
 
 
-def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
+def run_one(count: int, work: str, processes: int = 1,
+            guard: Optional[ChildGuard] = None) -> Dict[str, Any]:
+    """One rollout to `count` simulated devices; every process it starts is watched by `guard`
+    (one of its own when None), so none outlives the benchmark."""
     from support.broker import Broker
     from support.model_store import FileServer, LABELS, publish_model, sha
+    from simulate import MAX_PER_PROCESS
+    processes = max(processes, -(-count // MAX_PER_PROCESS))  # paho's select(): see simulate.py
+    own_guard = guard is None
+    guard = guard or ChildGuard()
     group = "b{}".format(count)
-    broker = Broker(work, extra="max_queued_messages 10000\n").start()
-    server = FileServer()
+    broker = Broker(work, extra="max_queued_messages 10000\n")
+    server = None
     sims = []  # type: list
+    operator = None
     events = None
     try:
+        broker.start()
+        guard.watch(broker.proc)
+        server = FileServer()
         install = dict(publish_model(server, "2", seed=1), labels_sha256=sha(LABELS))
         install_file = os.path.join(work, "install.json")
         with open(install_file, "w") as handle:
@@ -91,7 +107,8 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
                  "--count", str(last - first), "--first", str(first),
                  "--port", str(broker.port), "--group", group,
                  "--dir", os.path.join(work, "devices")],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            guard.watch(sims[-1])
         deadline = time.monotonic() + 600
         while events.serving() < count and time.monotonic() < deadline:
             time.sleep(0.5)  # a benchmark's poll, not a test's synchronisation
@@ -101,12 +118,14 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
                 events.serving(), count))
         cpu0 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load = os.getloadavg()[0]
         operator = subprocess.Popen(
             [sys.executable, "-m", "agent", "fleet", "rollout", install_file, "--group", group,
              "--canary", "100%", "--window", "0", "--max-regression", "1e6", "--json",
              "--activate-timeout", "300", "--state", os.path.join(work, "rollout.json"),
              "--set", "mqtt.host=127.0.0.1", "--set", "mqtt.port={}".format(broker.port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        guard.watch(operator)
         out, err = operator.communicate(timeout=900)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the operator, reaped
         cpu1 = (cpu_seconds(broker.proc.pid), sum(cpu_seconds(s.pid) for s in sims))
@@ -120,6 +139,7 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
         stamps = [e["ts"] for evs in activated.values() for e in evs]
         return {
             "devices": count, "processes": processes, "start_s": round(start_s, 1),
+            "loadavg": round(load, 2),
             "outcome": log[-1]["event"] if log else err.decode()[-300:],
             "sent": len(sent),
             "activated": sum(1 for evs in activated.values() if evs),
@@ -137,24 +157,31 @@ def run_one(count: int, work: str, processes: int = 1) -> Dict[str, Any]:
     finally:
         if events is not None:
             events.close()
+        stop_process(operator, guard, 10)
         for sim in sims:
-            sim.terminate()
+            if sim.poll() is None:
+                sim.terminate()
         for sim in sims:
-            try:
-                sim.wait(120)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        server.close()
-        broker.stop()
+            stop_process(sim, guard)
+        if server is not None:
+            server.close()
+        if broker.proc is not None:
+            pid = broker.proc.pid
+            broker.stop()
+            guard.forget(pid)
+        if own_guard:
+            guard.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("counts", type=int, nargs="+")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="simulator processes the devices are spread over (default 1)")
+    parser.add_argument("--processes", type=int, default=max(1, os.cpu_count() or 1),
+                        help="simulator processes the devices are spread over (default: one "
+                             "per CPU core, here %(default)s; 1 packs all in one interpreter)")
     args = parser.parse_args()
+    exit_on_signals()
     rows = []
     for count in args.counts:
         work = tempfile.mkdtemp(prefix="fleet-bench-")
@@ -166,7 +193,7 @@ def main() -> int:
         print(json.dumps(row, sort_keys=True) if args.json else
               "N={devices:<4} start {start_s:>6} s  converge {converge_s} s  sent {sent} "
               "activated {activated} lost {lost} duplicates {duplicates} failed {failed} "
-              "cpu {cpu_s}  ({outcome})".format(**row), flush=True)
+              "cpu {cpu_s} load {loadavg}  ({outcome})".format(**row), flush=True)
     return 0
 
 

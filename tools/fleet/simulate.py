@@ -8,6 +8,9 @@ and inference made cheap: a small synthetic source at a low frame rate and a tin
 Runs until SIGTERM/SIGINT; prints `ready N` once every agent thread is started. Each device
 `sim-<group>-<i>` has its own state directory under --dir, seeded with tiny@1 (active). The
 tiny model helpers come from tests/support (the onnx package is needed, as for the tests).
+One process holds one GIL and at most MAX_PER_PROCESS (150) devices: start one simulator per
+CPU core or more (--first numbers them apart; bench_rollout.py --processes does it).
+SCALE.md has the figures.
 """
 
 import argparse
@@ -15,10 +18,16 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, List
+from typing import Any, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+
+# paho's network loop uses select(), which cannot watch a file descriptor above 1023; each
+# agent holds 6 (its MQTT socket, paho's wake-up socket pair, the spool's 3 SQLite files), so
+# past ~165 agents in one process the newest cannot connect at all (measured: 170 of 200).
+MAX_PER_PROCESS = 150
 
 
 def device_overrides(name: str, state_dir: str, port: int, group: str,
@@ -45,8 +54,10 @@ def seed_store(state_dir: str, package_dir: str) -> None:
 
 
 def start_fleet(count: int, port: int, group: str, base: str, fps: float = 1.0,
-                telemetry_s: float = 2.0, first: int = 0) -> List[Any]:
-    """Start `count` agents in threads; returns them (stop each with agent.stop.set())."""
+                telemetry_s: float = 2.0, first: int = 0,
+                cancel: Optional[threading.Event] = None) -> List[Any]:
+    """Start `count` agents in threads; returns them (stop each with agent.stop.set()).
+    Setting `cancel` stops starting more (a SIGTERM during a long start-up)."""
     from agent.config import load_config
     from agent.daemon import Agent
     from support.model_store import make_package_dir
@@ -55,6 +66,8 @@ def start_fleet(count: int, port: int, group: str, base: str, fps: float = 1.0,
         make_package_dir(package_dir, "tiny", "1", seed=0)
     agents = []
     for i in range(first, first + count):
+        if cancel is not None and cancel.is_set():
+            break
         name = "sim-{}-{}".format(group, i)
         state_dir = os.path.join(base, name)
         os.makedirs(state_dir, exist_ok=True)
@@ -79,15 +92,31 @@ def main() -> int:
     parser.add_argument("--dir", required=True, help="state directories go here")
     parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--telemetry-s", type=float, default=2.0)
+    parser.add_argument("--switch-interval", type=float, default=0.05,
+                        help="seconds between forced GIL hand-overs in this process "
+                             "(Python's default: 0.005); longer wastes less CPU when hundreds "
+                             "of agent threads wait for the GIL (default 0.05)")
     args = parser.parse_args()
+    if args.count > MAX_PER_PROCESS:
+        parser.error("--count {}: at most {} devices per process (paho's select() cannot use "
+                     "file descriptors above 1023, and each agent holds 6); start several "
+                     "simulators with --first, as bench_rollout.py --processes does".format(
+                         args.count, MAX_PER_PROCESS))
     from agent.logs import configure_logging
     configure_logging("WARNING")
     threading.stack_size(512 * 1024)  # hundreds of agents, ~8 threads each
+    # Simulator only (a device runs one agent, ~8 threads): with hundreds of agents in one
+    # interpreter, a burst of work (a group install reaches 100 agents at once) leaves
+    # hundreds of threads waiting for the GIL, and each waiter wakes every switch interval to
+    # ask for it: measured at 100 agents a process, 100k context switches/s and 60 % system
+    # CPU, starving the MQTT threads past their keepalive. Waking them 10x less often keeps the
+    # CPU for the agents' own work; the threads still hand the GIL over at every blocking call.
+    sys.setswitchinterval(args.switch_interval)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
     agents = start_fleet(args.count, args.port, args.group, args.dir, args.fps,
-                         args.telemetry_s, args.first)
+                         args.telemetry_s, args.first, cancel=done)
     print("ready {}".format(len(agents)), flush=True)
     done.wait()
     for agent in agents:

@@ -438,6 +438,22 @@ def test_https_verifies_certificates(tmp_path: Any) -> None:
         srv.close()
 
 
+def test_the_ca_file_is_read_for_https_only(tmp_path: Any, server: FileServer) -> None:
+    # The TLS context (the CA bundle, ~50 ms of CPU) is made only for an https URL: a plain
+    # http download never reads it, an https one still refuses an unusable CA file.
+    bad_ca = str(tmp_path / "not-a-bundle.pem")
+    with open(bad_ca, "w") as handle:
+        handle.write("not a certificate\n")
+    body = tiny_onnx_bytes(1)
+    dest = str(tmp_path / "m.onnx")
+    fetch(server.publish("/m.onnx", body), dest, sha(body), 1 << 20, ["http"], ca_file=bad_ca)
+    assert open(dest, "rb").read() == body
+    with pytest.raises(DownloadError, match="cannot use CA file .*not-a-bundle.pem"):
+        fetch("https://127.0.0.1:9/m.onnx", str(tmp_path / "x"), sha(body), 1 << 20,
+              ["https"], ca_file=bad_ca)
+    assert not os.path.exists(str(tmp_path / "x"))
+
+
 def test_corrupt_onnx_is_refused(server: FileServer, store: ModelStore) -> None:
     junk = b"this is not an onnx model at all, just text\n" * 50
     args = publish_model(server, "1", 1)
