@@ -1,0 +1,81 @@
+"""An MQTT recorder that outlives broker restarts: a persistent session (clean_session off, a
+fixed client id), subscriptions made at every connect, so with a persistent broker it misses
+nothing published while the broker was down or the recorder was reconnecting."""
+
+import json
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+
+class DurableRecorder(object):
+    """Every message under `topics` (QoS 1), kept in order as (topic, payload, retained)."""
+
+    def __init__(self, port: int, topics: Tuple[str, ...] = ("#",),
+                 client_id: Optional[str] = None) -> None:
+        import paho.mqtt.client as mqtt
+        self.messages = []  # type: List[Tuple[str, Any, bool]]
+        self.cond = threading.Condition()
+        self.connects = 0
+        self.topics = topics
+        cid = client_id or "durable-recorder-" + uuid.uuid4().hex[:8]
+        if hasattr(mqtt, "CallbackAPIVersion"):
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
+                                      clean_session=False)
+        else:
+            self.client = mqtt.Client(client_id=cid, clean_session=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.wait_for(lambda m: self.connects, 10, "the recorder's first connect")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, *props: Any) -> None:
+        client.subscribe([(t, 1) for t in self.topics])
+        with self.cond:
+            self.connects += 1
+            self.cond.notify_all()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            payload = json.loads(msg.payload.decode("utf-8")) if msg.payload else None
+        except ValueError:
+            payload = msg.payload
+        with self.cond:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[List[Any]], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                value = predicate(self.messages)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("timed out after {:.0f} s waiting for {}".format(
+                        timeout, what))
+                self.cond.wait(min(left, 1.0))
+
+    def events(self) -> Dict[str, List[Dict[str, Any]]]:
+        """Device events by request_id, in arrival order."""
+        out = {}  # type: Dict[str, List[Dict[str, Any]]]
+        with self.cond:
+            for topic, payload, _ in self.messages:
+                if topic.endswith("/events") and isinstance(payload, dict) and \
+                        payload.get("request_id"):
+                    out.setdefault(str(payload["request_id"]), []).append(payload)
+        return out
+
+    def commands(self, device: str) -> List[Tuple[str, Any]]:
+        """(command, payload) of every command the broker carried to `device`."""
+        prefix = "edge/{}/cmd/".format(device)
+        with self.cond:
+            return [(t[len(prefix):], p) for t, p, _ in self.messages if t.startswith(prefix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
