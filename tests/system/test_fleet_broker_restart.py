@@ -9,21 +9,11 @@ import uuid
 
 import pytest
 
-from support.agent_process import AgentProcess, agent_args
+from support.agent_process import AgentProcess
 from support.broker import persistent_broker
 from support.durable_recorder import DurableRecorder
-from support.model_store import LABELS, FileServer, make_package_dir, publish_model, sha
-
-
-def _seed(state_dir, package):
-    from agent.store.store import ModelStore
-    store = ModelStore(str(state_dir))
-    ref = store.import_package(package)
-    store.activate(ref.name, ref.version)
-
-
-def _last_status(rec, device):
-    return [p for t, p, _ in list(rec.messages) if t == "edge/{}/status".format(device)][-1]
+from support.model_store import LABELS, FileServer, publish_model, sha
+from support.tiny_fleet import activations, serving, tiny_agent
 
 
 @pytest.fixture
@@ -44,19 +34,9 @@ def test_rollout_completes_across_a_broker_restart_and_nothing_runs_twice(world,
     broker, server, rec, procs = world
     group = "r" + uuid.uuid4().hex[:6]
     names = ["{}-{}".format(group, i) for i in range(3)]
-    package = make_package_dir(str(tmp_path / "tiny-1"), "tiny", "1", seed=0)
     for name in names:
-        _seed(tmp_path / name, package)
-        procs.append(AgentProcess(agent_args(
-            broker.port, name, str(tmp_path / name), "--set", "device.group=" + group,
-            "--set", "model.name=tiny", "--set", "backend.kind=onnxruntime",
-            "--set", "backend.threads=1", "--set", "source.uri=synthetic://",
-            "--set", "source.width=64", "--set", "source.height=48", "--set", "source.fps=5",
-            "--set", "telemetry.interval_s=1", "--set", "telemetry.power=none",
-            "--set", "updates.probation_frames=3", "--set", "updates.max_latency_factor=1000")))
-    rec.wait_for(lambda m: {t.split("/")[1] for t, p, _ in m if t.endswith("/status") and
-                            isinstance(p, dict) and p.get("state") == "serving"} >= set(names),
-                 90, "three devices serving")
+        procs.append(tiny_agent(broker.port, name, str(tmp_path / name), group))
+    rec.wait_for(serving(names), 90, "three devices serving")
     install = dict(publish_model(server, "2", seed=1), labels_sha256=sha(LABELS))
     (tmp_path / "install.json").write_text(json.dumps(install))
     op = AgentProcess(["fleet", "rollout", str(tmp_path / "install.json"), "--group", group,
@@ -78,17 +58,10 @@ def test_rollout_completes_across_a_broker_restart_and_nothing_runs_twice(world,
     print("\n".join(json.dumps(r, sort_keys=True)[:180] for r in log))
     assert log[-1]["event"] == "done"
     assert not [r for r in log if r["event"] == "failed"]
-    rids = {r["device"]: r["request_id"] for r in log if r["event"] == "sent"}
-    assert sorted(rids) == names
-    events = rec.events()
+    assert activations(rec.events(), log) == dict((n, 1) for n in names)
     for name in names:
-        activated = [e for rid, evs in events.items() if rid.startswith(
-            rids[name].rsplit("-", 1)[0] + "-") for e in evs if e["state"] == "activated"]
-        assert len(activated) == 1, (name, activated)
         installs = {p["request_id"] for c, p in rec.commands(name) if c == "model/install"}
         assert len(installs) == 1, (name, installs)
     downloads = [p for p in server.httpd.requests if p.endswith("/model.onnx")]
     assert len(downloads) == 3, downloads
-    rec.wait_for(lambda m: all((_last_status(rec, n).get("model") or {}).get("version") == "2"
-                               and _last_status(rec, n)["state"] == "serving" for n in names),
-                 30, "every device serving version 2")
+    rec.wait_for(serving(names, "2"), 30, "every device serving version 2")
