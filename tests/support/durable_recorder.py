@@ -2,15 +2,16 @@
 fixed client id), subscriptions made at every connect, so with a persistent broker it misses
 nothing published while the broker was down or the recorder was reconnecting."""
 
-import json
 import threading
-import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from support.mqtt_recorder import Recorder
 
 
-class DurableRecorder(object):
-    """Every message under `topics` (QoS 1), kept in order as (topic, payload, retained)."""
+class DurableRecorder(Recorder):
+    """Every message under `topics` (QoS 1), kept in order as (topic, payload, retained);
+    waits, reads and close() as Recorder's."""
 
     def __init__(self, port: int, topics: Tuple[str, ...] = ("#",),
                  client_id: Optional[str] = None) -> None:
@@ -18,6 +19,7 @@ class DurableRecorder(object):
         self.messages = []  # type: List[Tuple[str, Any, bool]]
         self.cond = threading.Condition()
         self.connects = 0
+        self.subscribed = 0  # SUBACKs: the subscriptions hold from then on
         self.topics = topics
         cid = client_id or "durable-recorder-" + uuid.uuid4().hex[:8]
         if hasattr(mqtt, "CallbackAPIVersion"):
@@ -27,10 +29,11 @@ class DurableRecorder(object):
             self.client = mqtt.Client(client_id=cid, clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.wait_for(lambda m: self.connects, 10, "the recorder's first connect")
+        self.wait_for(lambda m: self.subscribed, 10, "the recorder's subscriptions")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, *props: Any) -> None:
         client.subscribe([(t, 1) for t in self.topics])
@@ -38,27 +41,10 @@ class DurableRecorder(object):
             self.connects += 1
             self.cond.notify_all()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            payload = json.loads(msg.payload.decode("utf-8")) if msg.payload else None
-        except ValueError:
-            payload = msg.payload
+    def _on_subscribe(self, *args: Any) -> None:
         with self.cond:
-            self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self.subscribed += 1
             self.cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[List[Any]], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate(self.messages)
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("timed out after {:.0f} s waiting for {}".format(
-                        timeout, what))
-                self.cond.wait(min(left, 1.0))
 
     def events(self) -> Dict[str, List[Dict[str, Any]]]:
         """Device events by request_id, in arrival order."""
@@ -75,7 +61,3 @@ class DurableRecorder(object):
         prefix = "edge/{}/cmd/".format(device)
         with self.cond:
             return [(t[len(prefix):], p) for t, p, _ in self.messages if t.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()

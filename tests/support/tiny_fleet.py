@@ -2,6 +2,7 @@
 as after `edge-agent models install`), with the simulator's settings, for the fleet system
 tests; and the predicates those tests wait on."""
 
+import json
 import os
 from typing import Any, Callable, Dict, List
 
@@ -44,11 +45,14 @@ def serving(names: List[str], version: str = None) -> Callable[[List[Any]], bool
 
 def activations(events: Dict[str, List[Dict[str, Any]]], log: List[Dict[str, Any]]
                 ) -> Dict[str, int]:
-    """Per device the rollout sent to: `activated` events over all its request_ids."""
+    """Per device the rollout sent to: distinct `activated` events over all its request_ids.
+    A copy of one event (the same payload, the same `ts`) is QoS 1 delivering it again across
+    the broker restart, not a second activation: it counts once."""
     counts = {}  # type: Dict[str, int]
     for record in log:
         if record["event"] == "sent":
             counts.setdefault(record["device"], 0)
-            counts[record["device"]] += sum(1 for e in events.get(record["request_id"], [])
-                                            if e.get("state") == "activated")
+            counts[record["device"]] += len(set(
+                json.dumps(e, sort_keys=True) for e in events.get(record["request_id"], [])
+                if e.get("state") == "activated"))
     return counts

@@ -240,8 +240,13 @@ def rollout_metrics(fleet: Fleet, rec: Any, op: Any, cpu0: Dict[str, float],
     events = fleet.rollout_events(rec)
     sent = [r for r in log if r["event"] == "sent"]
     rids = [r["request_id"] for r in sent]
-    activated = dict((rid, [e for e in events.get(rid, []) if e.get("state") == "activated"])
-                     for rid in rids)
+    copies = dict((rid, [e for e in events.get(rid, []) if e.get("state") == "activated"])
+                  for rid in rids)
+    # A copy of one event (same payload and ts) is QoS 1 delivering it again, not a second
+    # activation: `redelivered` counts those, `duplicates` the activations beyond one.
+    activated = dict((rid, [json.loads(t) for t in sorted(set(json.dumps(e, sort_keys=True)
+                                                                for e in evs))])
+                     for rid, evs in copies.items())
     per_device = {}  # type: Dict[str, int]
     for r in sent:
         per_device[r["device"]] = per_device.get(r["device"], 0) + len(activated[r["request_id"]])
@@ -256,6 +261,7 @@ def rollout_metrics(fleet: Fleet, rec: Any, op: Any, cpu0: Dict[str, float],
         "lost": sum(1 for rid in rids if not events.get(rid)),
         "duplicates": sum(max(0, len(evs) - 1) for evs in activated.values()) +
         sum(max(0, n - 1) for n in per_device.values()),
+        "redelivered": sum(len(copies[rid]) - len(activated[rid]) for rid in rids),
         "downloads": downloads,
         "failed": sum(1 for r in log if r["event"] == "failed"),
         "why_failed": sorted(set(str(r.get("error"))[:90] for r in log
