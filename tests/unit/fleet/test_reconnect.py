@@ -1,10 +1,14 @@
 """Both ends of a fleet across a broker restart (a real Mosquitto, stopped and started again on
 the same port): the operator's FleetWatch subscribes again and sees what is published after
 the restart; a device's MQTT link calls its on_reconnect (the daemon republishes the retained
-status there, which the Last Will may have replaced) at each reconnect, not at the first connect.
+status there, which the Last Will may have replaced) at each reconnect, not at the first connect;
+the rollout sends an install that got no answer again, with the same request_id.
 """
 
+import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -79,3 +83,85 @@ def test_link_calls_on_reconnect_at_each_reconnect_only(restartable, tmp_path):
     finally:
         link.stop(0.5)
         spool.close()
+
+
+class DeafOnce(object):
+    """A device over MQTT (a real client) that loses its first install, as one sent while it
+    was away would be, and answers a repeat of a request_id as the agent does."""
+
+    def __init__(self, port, name):
+        import paho.mqtt.client as mqtt
+        self.name = name
+        self.seen = []  # request_ids received
+        self.done = set()  # request_ids run
+        kw = {"client_id": "deaf-" + name}
+        self.client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
+                       if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client(**kw))
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe("edge/{}/cmd/#".format(name), qos=1)
+        self.status("1")
+
+    def publish(self, suffix, payload, retain=False):
+        self.client.publish("edge/{}/{}".format(self.name, suffix), json.dumps(payload), qos=1,
+                            retain=retain).wait_for_publish()
+
+    def status(self, version):
+        self.publish("status", {"state": "serving", "device": self.name, "group": "deaf",
+                                "boot": "b1", "model": {"name": "tiny", "version": version},
+                                "ts": time.time()}, retain=True)
+
+    def telemetry(self, version):
+        self.publish("telemetry", {"boot": "b1", "model": "tiny@" + version, "frames": 10,
+                                   "window_s": 0.0, "ts": time.time() + 0.01,
+                                   "latency_ms": {"infer": {"p50": 1.0}}})
+
+    def _on_message(self, client, userdata, message):
+        rid = json.loads(message.payload.decode())["request_id"]
+        self.seen.append(rid)
+        if len(self.seen) == 1:
+            return  # lost
+        if rid in self.done:
+            threading.Thread(target=self.publish, args=("events", {
+                "request_id": rid, "state": "rejected", "error": "duplicate request_id: a "
+                "command with this request_id was already received"})).start()
+            return
+        self.done.add(rid)
+        threading.Thread(target=self._activate, args=(rid,)).start()
+
+    def _activate(self, rid):
+        self.publish("events", {"request_id": rid, "state": "accepted", "ts": time.time()})
+        self.publish("events", {"request_id": rid, "state": "activated", "ts": time.time()})
+        self.status("2")
+        self.telemetry("2")
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_rollout_sends_an_unanswered_install_again_with_the_same_request_id(
+        restartable, tmp_path, monkeypatch):
+    from agent.fleet import rollout as ro
+    from agent.fleet import state as st
+    from agent.fleet.watch import FleetWatch
+    monkeypatch.setattr(ro, "RESEND_S", 0.5)
+    device = DeafOnce(restartable.port, "deaf-0")
+    try:
+        records = []
+        with FleetWatch(_config(restartable.port), "test") as watch:
+            watch.sync()
+            state = st.RolloutState.create(
+                str(tmp_path / "r.json"), "deaf", {"name": "tiny", "version": "2"},
+                [["deaf-0"]], {"window_s": 0.0, "max_failures": 0, "max_regression": 1e6,
+                               "activate_timeout_s": 30.0, "offline_wait_s": 1.0})
+            rollout = ro.Rollout(watch, state, records.append)
+            device.telemetry("1")  # the baseline: telemetry is not retained
+            assert rollout.run() == "done", records
+        rid = state.device("deaf-0")["request_id"]
+        assert device.seen == [rid, rid]  # lost, then the same request again: one activation
+        assert [r["event"] for r in records if r.get("device") == "deaf-0"] == [
+            "sent", "resent", "activated", "ok"]
+    finally:
+        device.close()
