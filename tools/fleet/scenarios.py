@@ -26,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
@@ -59,10 +59,11 @@ def restart(fleet: Fleet, devices: int, down_s: float = 3.0) -> Dict[str, Any]:
     return row
 
 
-def bridge(fleet: Fleet, devices: int) -> Dict[str, Any]:
-    """Devices split over two bridged brokers; the operator and the recorder on the first."""
+def bridge(fleet: Fleet, devices: int, bridged: bool = True) -> Dict[str, Any]:
+    """Devices split over two bridged brokers; the operator and the recorder on the first.
+    bridged=False: the same two simulators on the first broker only (the control run)."""
     first = fleet.broker()
-    second = fleet.broker(bridge_to=first)
+    second = fleet.broker(bridge_to=first) if bridged else first
     half = devices // 2
     fleet.simulators(half, [first])
     fleet.simulators(devices - half, [second], first=half)
@@ -71,7 +72,8 @@ def bridge(fleet: Fleet, devices: int) -> Dict[str, Any]:
     cpu0 = cpu_of(fleet)
     op = fleet.operator(first, "--canary", "1", "--batch", str(devices), "--window", "1")
     row = rollout_metrics(fleet, rec, op, cpu0)
-    row.update(scenario="bridge", split=[half, devices - half])
+    row.update(scenario="bridge" if bridged else "bridge control (one broker)",
+               split=[half, devices - half])
     return row
 
 
@@ -84,6 +86,8 @@ def main() -> int:
                         help="devices (default: restart 50, bridge 50, slow-canary 3, "
                              "compare 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--one-broker", action="store_true",
+                        help="bridge: the control run, both halves on one broker")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # run the clean-ups below
@@ -93,7 +97,7 @@ def main() -> int:
             if args.scenario == "restart":
                 row = restart(fleet, args.devices or 50)
             elif args.scenario == "bridge":
-                row = bridge(fleet, args.devices or 50)
+                row = bridge(fleet, args.devices or 50, not args.one_broker)
             elif args.scenario == "slow-canary":
                 from scenario_real import slow_canary
                 row = slow_canary(fleet, args.devices or 3)
