@@ -241,7 +241,8 @@ class Rollout(object):
                 with self.watch.cond:
                     when, connects = sent[device]
                     unanswered = not self.events.get(self.state.device(device)["request_id"])
-                    again = unanswered and self.watch.connected and (
+                    again = unanswered and self.watch.connected and \
+                        self.watch.inventory.online(device) and (
                         self.watch.connects != connects or time.monotonic() - when > RESEND_S)
                 if again:  # lost with a broker restart, or sent before the device subscribed
                     self._resend(device)
