@@ -106,6 +106,9 @@ class Agent(object):
             announce_discovery(self.config, self.link, self.state_dir, self.device_id,
                                board_model())
         self.health.attach(self.link)
+        # The Last Will (a lost connection, a broker restart) may have replaced the retained
+        # status: say again what the device does, at every reconnect.
+        self.link.on_reconnect = self.health.set_state
         spool_watch = SpoolWatch(self.spool, self.health.problem)
         if self.config.view.enabled:
             self.serve_view()

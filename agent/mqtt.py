@@ -105,6 +105,10 @@ class MqttLink(object):
         self._held_back = 0
         self._stop = threading.Event()
         self._sender = None  # type: Optional[threading.Thread]
+        self._connects = 0
+        # Called (paho's thread) at every connect after the first: the broker may have put the
+        # Last Will in the retained status meanwhile, so the owner publishes it again.
+        self.on_reconnect = None  # type: Optional[Callable[[], None]]
         self._client = self._make_client()
 
     # ---- topics ----
@@ -284,6 +288,12 @@ class MqttLink(object):
         log.info("MQTT connected to %s:%s as %s", self.cfg.host, self.cfg.port, self.device_id)
         for pattern in self.command_topics():
             self._client.subscribe(pattern, qos=1)
+        self._connects += 1
+        if self._connects > 1 and self.on_reconnect is not None:
+            try:
+                self.on_reconnect()
+            except Exception:  # never let it kill paho's network thread
+                log.exception("MQTT reconnect handler failed")
 
     def _handle_disconnect(self, rc: Any) -> None:
         code = _rc_value(rc)

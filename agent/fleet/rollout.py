@@ -17,6 +17,7 @@ FINAL_OK = ("activated",)
 FINAL_BAD = ("failed", "rejected")
 REPLAYED = "already received"  # the agent's answer to a request_id it has seen
 BASELINE_WINDOWS = 3  # telemetry messages that make a device's figures before the update
+RESEND_S = 15.0  # an install with no answer at all is sent again (same request_id) after this
 
 
 def figures(telemetry: Dict[str, Any]) -> Dict[str, Optional[float]]:
@@ -131,6 +132,9 @@ class Rollout(object):
         stop = self._check_control()
         if stop:
             return stop
+        if not self.watch.connected:  # the broker restarts: statuses are stale until it is back
+            self.say(None, "waiting_for_broker")
+            self.watch.wait(lambda: self.watch.connected, self.opt["activate_timeout_s"])
         self._await_baselines(todo)
         stop = self._check_control()  # nothing of this stage sent yet: a clean place to stop
         if stop:
@@ -209,6 +213,15 @@ class Rollout(object):
         self.watch.send(device, "model/install", payload)
         return True
 
+    def _resend(self, device: str) -> None:
+        """The same install again, same request_id: an agent that had it answers `rejected`
+        (already received) and does not run it twice; one that had not runs it."""
+        entry = self.state.device(device)
+        self.say(device, "resent", request_id=entry["request_id"],
+                 detail="no answer; the broker connection was lost or the device was away")
+        self.watch.send(device, "model/install",
+                        dict(self.state.doc["install"], request_id=entry["request_id"]))
+
     def _before(self, device: str) -> List[Dict[str, Any]]:
         """Telemetry of this run of the agent with the model it serves now."""
         boot = (self.watch.inventory.status.get(device) or {}).get("boot")
@@ -256,8 +269,22 @@ class Rollout(object):
         timeout = self.opt["activate_timeout_s"]
         inv = self.watch.inventory
         deadline = time.monotonic() + timeout
-        self.watch.wait(lambda: all(self._outcome(d) or not inv.online(d) for d in devices)
-                        or self._aborting(), timeout)
+        sent = dict((d, (time.monotonic(), self.watch.connects)) for d in devices)
+        while True:
+            left = deadline - time.monotonic()
+            if self.watch.wait(lambda: all(self._outcome(d) or not inv.online(d) for d in devices)
+                               or self._aborting(), max(0.0, min(left, 1.0))) or \
+                    time.monotonic() >= deadline:
+                break
+            for device in devices:
+                with self.watch.cond:
+                    when, connects = sent[device]
+                    unanswered = not self.events.get(self.state.device(device)["request_id"])
+                    again = unanswered and self.watch.connected and inv.online(device) and (
+                        self.watch.connects != connects or time.monotonic() - when > RESEND_S)
+                if again:  # lost with a broker restart, or sent before the device subscribed
+                    self._resend(device)
+                    sent[device] = (time.monotonic(), self.watch.connects)
         if self._aborting():
             return  # no verdicts: every device the rollout changed is rolled back
         timed_out = time.monotonic() >= deadline

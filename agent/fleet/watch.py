@@ -1,6 +1,9 @@
 """The operator's MQTT session over the fleet: one connection that follows every device's status,
 info, telemetry and events into an Inventory, knows when the broker's retained messages are all
-in (a round-trip marker, not a sleep), and sends commands."""
+in (a round-trip marker, not a sleep), and sends commands. A lost connection (a broker restart)
+is retried in the background and the subscriptions are made again at every connect; what was
+published meanwhile is not replayed (a clean session): the retained status is, and the rollout
+re-sends a command that got no answer (the agents drop a request_id they have seen)."""
 
 import json
 import threading
@@ -29,10 +32,15 @@ class FleetWatch(object):
         self._markers = set()  # type: set
         self._subscribed = threading.Event()
         self.messages = 0
+        self.connects = 0  # successful connects; more than 1 = reconnected after a loss
+        self.connected = False
         from ..mqtt import make_client
         self.client = make_client(config.mqtt, "edge-agent-{}-{}".format(name, self.session))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
 
     def __enter__(self) -> "FleetWatch":
         try:
@@ -41,14 +49,28 @@ class FleetWatch(object):
             raise AgentError("cannot reach the broker {}:{}: {} (check mqtt.host/mqtt.port)"
                              .format(self.config.mqtt.host, self.config.mqtt.port, exc))
         self.client.loop_start()
-        topics = [("{}/+/{}".format(self.prefix, s), 1)
-                  for s in ("status", "info", "telemetry", "events")]
-        self.client.subscribe(topics + [(self._marker_topic, 1)])
         if not self._subscribed.wait(10.0):
             self.close()
             raise AgentError("broker {}:{} did not confirm the subscriptions".format(
                 self.config.mqtt.host, self.config.mqtt.port))
         return self
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, *props: Any) -> None:
+        """Subscribe at every connect: a clean session forgets them when the link drops."""
+        if getattr(rc, "value", rc) != 0:
+            return  # refused: paho retries; __enter__ reports it when nothing confirms
+        topics = [("{}/+/{}".format(self.prefix, s), 1)
+                  for s in ("status", "info", "telemetry", "events")]
+        client.subscribe(topics + [(self._marker_topic, 1)])
+        with self.cond:
+            self.connects += 1
+            self.connected = True
+            self.cond.notify_all()
+
+    def _on_disconnect(self, client: Any, userdata: Any, *rest: Any) -> None:
+        with self.cond:
+            self.connected = False
+            self.cond.notify_all()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
@@ -87,7 +109,12 @@ class FleetWatch(object):
         body.setdefault("request_id", uuid.uuid4().hex[:12])
         body.setdefault("ts", round(time.time(), 3))
         topic = "{}/{}/cmd/{}".format(self.prefix, device, command)
-        self.client.publish(topic, json.dumps(body), qos=1).wait_for_publish()
+        info = self.client.publish(topic, json.dumps(body), qos=1)
+        if info.rc == 0:  # else not connected: paho sends it after the reconnect
+            try:
+                info.wait_for_publish(10.0)
+            except (RuntimeError, ValueError):  # the link dropped meanwhile: the same
+                pass
         return body["request_id"]
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
