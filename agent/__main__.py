@@ -85,8 +85,10 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--frames", type=int, default=300, metavar="N",
                    help="frames per measurement (default 300)")
     p.add_argument("--source", metavar="URI", help="pipeline source (default: source.uri)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R",
-                   help="alternate raw and pipeline R times and report medians (default 3)")
+    p.add_argument("--rounds", type=int, default=5, metavar="R",
+                   help="R back-to-back pairs of raw and pipeline, alternating which runs "
+                        "first; reports the median of the pairs' ratios and their spread "
+                        "(default 5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 

@@ -2,7 +2,9 @@
 
 1. raw: the backend alone on pre-made input tensors (what the hardware can do);
 2. pipeline: the agent's own threads (capture, preprocess, infer, postprocess, publish) on a
-   real source running unpaced, so pipeline fps / raw fps shows what the plumbing costs;
+   real source running unpaced, so pipeline fps / raw fps shows what the plumbing costs
+   (raw and pipeline run in back-to-back pairs, alternating which goes first; the ratio is
+   the median of the pairs' ratios, with their spread);
 3. live-like: a paced 30 fps 1280x720 synthetic source, for capture-to-publish latency.
 No broker is needed: messages are serialized and written to a local spool exactly as in a run,
 then acknowledged at once (the broker's round trip is not part of the pipeline's cost).
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..daemon import Agent
@@ -199,6 +201,32 @@ def _median(values: List[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
+def pair_orders(rounds: int) -> List[Tuple[str, str]]:
+    """The order of raw and pipeline in each of `rounds` pairs: alternating, raw first in the
+    first pair, so that a machine slowing down (or speeding up) during the run is not always
+    seen by the same side."""
+    return [("raw", "pipeline") if i % 2 == 0 else ("pipeline", "raw") for i in range(rounds)]
+
+
+def ratio_spread(ratios: List[float]) -> Optional[Dict[str, Any]]:
+    """The spread of per-pair ratios: min, quartiles, max and the pairs at or above 0.95
+    (None without ratios). Quartiles interpolate linearly, as numpy.percentile does."""
+    if not ratios:
+        return None
+    ordered = sorted(ratios)
+
+    def quantile(q: float) -> float:
+        pos = q * (len(ordered) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    return {"min": round(ordered[0], 3), "p25": round(quantile(0.25), 3),
+            "median": round(quantile(0.5), 3), "p75": round(quantile(0.75), 3),
+            "max": round(ordered[-1], 3), "pairs": len(ordered),
+            "pairs_at_or_above_0.95": sum(1 for r in ordered if r >= 0.95)}
+
+
 def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The run whose fps is the median of the rounds (its latencies come with it)."""
     ordered = sorted(runs, key=lambda r: r["fps"] or 0.0)
@@ -216,21 +244,25 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         uri = source or config.source.uri
         tensors = _source_tensors(config, uri, prep)
         device = inference_device(backend)
-        # Raw and pipeline alternate for `rounds` rounds and the medians are reported: on a
-        # shared 2-core machine one measurement can be 30 % off the next.
+        # Raw and pipeline run in `rounds` back-to-back pairs, the order alternating (raw
+        # first, then pipeline first, ...) so a drift of the machine's speed falls on both
+        # sides; each pair gives one ratio and the median of the pairs is reported with its
+        # spread. On a shared 2-core machine one run can be 20-30 % off a run a minute later.
         raws = []  # type: List[Dict[str, Any]]
         pipelines = []  # type: List[Dict[str, Any]]
         telemetries = []  # type: List[Dict[str, Any]]
-        for _ in range(rounds):
-            mark = probe.mark()
-            raw = measure_raw(backend, tensors, frames)
-            raw["energy"] = probe.energy(mark, frames, device)
-            raws.append(raw)
-            backend.release_thread()  # the pipeline's inference thread takes it over
-            mark = probe.mark()
-            pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
-            pipeline["energy"] = probe.energy(mark, pipeline["frames"], device)
-            pipelines.append(pipeline)
+        for order in pair_orders(rounds):
+            for what in order:
+                mark = probe.mark()
+                if what == "raw":
+                    raw = measure_raw(backend, tensors, frames)
+                    raw["energy"] = probe.energy(mark, frames, device)
+                    raws.append(raw)
+                    backend.release_thread()  # the pipeline's inference thread takes it over
+                else:
+                    pipeline = measure_pipeline(config, backend, uri, 0.0, frames)
+                    pipeline["energy"] = probe.energy(mark, pipeline["frames"], device)
+                    pipelines.append(pipeline)
             telemetries.append(measure_pipeline(config, backend, uri, 0.0, frames,
                                                 telemetry=True))
         ratios = [p["fps"] / r["fps"] for r, p in zip(raws, pipelines) if p["fps"]]
@@ -256,6 +288,8 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "rounds": rounds,
         "ratio": round(_median(ratios), 3) if ratios else None,
         "ratios": [round(r, 3) for r in ratios],
+        "ratio_spread": ratio_spread(ratios),
+        "pair_order": ["".join(w[0] for w in order) for order in pair_orders(rounds)],
         "raw_fps_rounds": [r["fps"] for r in raws],
         "pipeline_fps_rounds": [p["fps"] for p in pipelines],
         "pipeline_with_telemetry_fps": with_telemetry["fps"],
@@ -305,9 +339,14 @@ def print_table(r: Dict[str, Any], uri: str) -> None:
     for stage in ("preprocess", "infer"):
         print("  {:<32} {:>8}   {}".format(stage, "", _fmt(lv["stages_ms"][stage])))
     print("")
-    print("pipeline fps / raw fps: {} (median of {} rounds: {}; raw fps {}, pipeline fps {})"
+    print("pipeline fps / raw fps: {} (median of {} pairs: {}; raw fps {}, pipeline fps {})"
           .format(r["ratio"], r["rounds"], r["ratios"], r["raw_fps_rounds"],
                   r["pipeline_fps_rounds"]))
+    spread = r["ratio_spread"]
+    if spread:
+        print("  spread of the pairs: min {min}, quartiles {p25}-{p75}, max {max}; "
+              "{n} of {pairs} at or above 0.95 (pairs alternate raw/pipeline first)".format(
+                  n=spread["pairs_at_or_above_0.95"], **spread))
     print("pipeline with telemetry: {} fps (cost {:.1%})".format(
         r["pipeline_with_telemetry_fps"], r["telemetry_cost"] or 0.0))
     print_energy(r)

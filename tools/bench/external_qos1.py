@@ -3,13 +3,19 @@
 
 A real Mosquitto on a free port, a real `edge-agent run` process publishing at QoS 1 on the
 sample photos (unpaced, looping), and a subscriber at QoS 1 that counts the predictions the
-broker delivers over a timed window (after a warm-up). Around it, in the same setup (same
-Python, same config, same ONNX Runtime options, a process of its own), the raw backend:
-`backend.infer` (ONNX Runtime's session.run and the backend's thin wrapper) on pre-made
-tensors, with agent/cli/bench.py's own measure_raw. Order: raw, agent, raw, ... for
-`--rounds`; the ratio of each round is agent / mean(raw before, raw after).
+broker delivers. Beside it, in the same setup (same Python, same config, same ONNX Runtime
+options, a process of its own), the raw backend: `backend.infer` (ONNX Runtime's session.run
+and the backend's thin wrapper) on pre-made tensors, in a loop that reports every 10
+inferences.
 
-    python tools/bench/external_qos1.py [--seconds 20] [--rounds 2] [--set KEY=VALUE ...]
+Both processes start once and are then interleaved: only one runs at a time, the other held
+with SIGSTOP. Each of `--rounds` pairs runs one side for `--settle` + `--seconds` seconds (the
+rate is taken over the last `--seconds`) and then the other, the order alternating (raw
+first, then agent first, ...), so a drift of this shared machine's speed falls on both sides
+and each pair's ratio (agent / raw) compares runs a few seconds apart. Reported: the median
+of the pairs' ratios and their spread, every rate, and the load average before the run.
+
+    python tools/bench/external_qos1.py [--seconds 5] [--rounds 6] [--set KEY=VALUE ...]
 
 Prints a table and, with --json, the figures as JSON. Needs mosquitto (apt-get install
 mosquitto) and paho-mqtt (in the main venv).
@@ -19,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -26,9 +33,11 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # agent.cli.bench (pair_orders, ratio_spread)
 
 RAW_CODE = r"""
 import json, sys, time
@@ -42,12 +51,13 @@ package = resolve_package(config, None)
 backend, _ = open_backend(package, backend_options(config))
 tensors = _source_tensors(config, config.source.uri, Preprocessor(package.input))
 measure_raw(backend, tensors, 50)  # warm-up
-seconds, frames, start = float(sys.argv[2]), 0, time.perf_counter()
-while time.perf_counter() - start < seconds:
-    frames += measure_raw(backend, tensors, 100)["frames"]
-fps = frames / (time.perf_counter() - start)
-backend.close()
-print(json.dumps({"fps": round(fps, 2), "frames": frames}))
+frames = 0
+while True:  # until terminated; held with SIGSTOP while the agent runs
+    for i in range(10):
+        backend.infer(tensors[(frames + i) % len(tensors)])
+    frames += 10
+    sys.stdout.write("{:.6f} {}\n".format(time.monotonic(), frames))
+    sys.stdout.flush()
 """
 
 
@@ -118,79 +128,174 @@ class Counter(object):
         self.client.disconnect()
 
 
-def run_raw(overrides: List[str], seconds: float) -> Dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", RAW_CODE, json.dumps(overrides), str(seconds)],
-                         cwd=ROOT, stdout=subprocess.PIPE, check=True, timeout=seconds + 120)
-    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+class RawProcess(object):
+    """The raw backend loop in a process of its own; `stamps` are (monotonic, inferences so
+    far) every 10 inferences (CLOCK_MONOTONIC is the same clock in every process)."""
+
+    def __init__(self, overrides: List[str], tmp: str) -> None:
+        self.stamps = []  # type: List[Tuple[float, int]]
+        self.lock = threading.Lock()
+        self.log = open(os.path.join(tmp, "raw.log"), "ab")
+        self.proc = subprocess.Popen([sys.executable, "-c", RAW_CODE, json.dumps(overrides)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log)
+        self.reader = threading.Thread(target=self._read, name="raw-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            stamp, count = line.decode().split()
+            with self.lock:
+                self.stamps.append((float(stamp), int(count)))
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.stamps:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("external_qos1: the raw backend loop reported nothing; see "
+                                 + self.log.name)
+            time.sleep(0.1)  # waiting for another process's first line
+
+    def fps_between(self, t0: float, t1: float) -> Optional[float]:
+        """Inferences per second between the first and last report inside [t0, t1)."""
+        with self.lock:
+            inside = [s for s in self.stamps if t0 <= s[0] < t1]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
 
 
-def run_agent(overrides: List[str], port: int, tmp: str, seconds: float,
-              warmup: float) -> Dict[str, Any]:
-    state = tempfile.mkdtemp(prefix="state-", dir=tmp)
-    sets = overrides + ["mqtt.host=127.0.0.1", "mqtt.port={}".format(port), "mqtt.qos=1",
-                        "device.id=ext", "device.state_dir=" + state, "source.fps=0",
-                        "source.loop=true", "predictions.max_rate_hz=null"]
-    counter = Counter(port, "edge/ext/predictions")
-    args = [sys.executable, "-m", "agent", "run"]
-    for item in sets:
-        args += ["--set", item]
-    log = open(os.path.join(tmp, "agent.log"), "ab")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120.0
-        while counter.first() is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("external_qos1: the agent published nothing; see " + log.name)
+class AgentProcess(object):
+    """`edge-agent run` publishing at QoS 1 to the broker, counted by a Counter."""
+
+    def __init__(self, overrides: List[str], port: int, tmp: str) -> None:
+        state = tempfile.mkdtemp(prefix="state-", dir=tmp)
+        sets = overrides + ["mqtt.host=127.0.0.1", "mqtt.port={}".format(port), "mqtt.qos=1",
+                            "mqtt.keepalive_s=300", "device.id=ext",
+                            "device.state_dir=" + state, "source.fps=0", "source.loop=true",
+                            "predictions.max_rate_hz=null"]
+        self.counter = Counter(port, "edge/ext/predictions")
+        args = [sys.executable, "-m", "agent", "run"]
+        for item in sets:
+            args += ["--set", item]
+        self.log = open(os.path.join(tmp, "agent.log"), "ab")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.counter.first() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("external_qos1: the agent published nothing; see "
+                                 + self.log.name)
             time.sleep(0.1)  # waiting for the first prediction of a separate process
-        t0 = counter.first() + warmup
-        time.sleep(max(0.0, t0 + seconds - time.monotonic()))  # the measured window
-        count = counter.count_between(t0, t0 + seconds)
-    finally:
+
+    def fps_between(self, t0: float, t1: float) -> float:
+        return self.counter.count_between(t0, t1) / (t1 - t0)
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self.counter.close()
+        self.log.close()
+
+
+def stop_process(proc: Any) -> None:
+    """Terminate `proc` (continuing it first if it was held with SIGSTOP) and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
         proc.terminate()
-        proc.wait(30)
-        counter.close()
-    return {"predictions": count, "fps": round(count / seconds, 2)}
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def run_side(side: Any, settle: float, seconds: float) -> Optional[float]:
+    """Let `side` run alone for settle + seconds, hold it again; its rate over `seconds`."""
+    side.proc.send_signal(signal.SIGCONT)
+    t0 = time.monotonic() + settle
+    time.sleep(settle + seconds)  # the measured window, timed from outside
+    t1 = time.monotonic()
+    side.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.2)  # reports of the last inferences still in the pipe or at the broker
+    return side.fps_between(t0, t1)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured window (20)")
+    from agent.cli.bench import pair_orders, ratio_spread
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[1],
+        epilog="Each pair costs 2 x (settle + seconds); the default run takes about 1.5 min.")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="measured window of each side in each pair (5)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds a side runs after being continued before its window (1)")
     parser.add_argument("--warmup", type=float, default=5.0,
-                        help="seconds after the first prediction before counting (5)")
-    parser.add_argument("--rounds", type=int, default=2, help="agent runs (2)")
+                        help="seconds the agent runs after its first prediction before the "
+                             "pairs start (5)")
+    parser.add_argument("--rounds", type=int, default=6, help="raw/agent pairs (6)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both the agent and raw (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    loadavg = [round(v, 2) for v in os.getloadavg()]
     tmp = tempfile.mkdtemp(prefix="external-qos1-")
     broker, port = start_broker(tmp)
-    raws = []  # type: List[Dict[str, Any]]
-    agents = []  # type: List[Dict[str, Any]]
+    raw = agent = None
+    raws = []  # type: List[Optional[float]]
+    agents = []  # type: List[float]
+    orders = [("raw", "agent") if o[0] == "raw" else ("agent", "raw")
+              for o in pair_orders(max(1, args.rounds))]
     try:
-        print("raw 1 ...", file=sys.stderr)
-        raws.append(run_raw(args.set, args.seconds))
-        for n in range(args.rounds):
-            print("agent {} ...".format(n + 1), file=sys.stderr)
-            agents.append(run_agent(args.set, port, tmp, args.seconds, args.warmup))
-            print("raw {} ...".format(n + 2), file=sys.stderr)
-            raws.append(run_raw(args.set, args.seconds))
+        print("starting the raw backend loop ...", file=sys.stderr)
+        raw = RawProcess(args.set, tmp)
+        raw.wait_started()
+        raw.proc.send_signal(signal.SIGSTOP)
+        print("starting the agent ...", file=sys.stderr)
+        agent = AgentProcess(args.set, port, tmp)
+        agent.wait_started()
+        time.sleep(args.warmup)  # the agent's warm-up, alone on the machine
+        agent.proc.send_signal(signal.SIGSTOP)
+        for n, order in enumerate(orders):
+            for what in order:
+                if what == "raw":
+                    raws.append(run_side(raw, args.settle, args.seconds))
+                else:
+                    agents.append(run_side(agent, args.settle, args.seconds))
+            print("pair {}/{}: raw {:.1f} fps, agent {:.1f} predictions/s".format(
+                n + 1, len(orders), raws[-1] or 0.0, agents[-1]), file=sys.stderr)
     finally:
+        for side in (agent, raw):
+            if side is not None:
+                side.close()
         broker.terminate()
         broker.wait(10)
-    ratios = [a["fps"] / ((raws[i]["fps"] + raws[i + 1]["fps"]) / 2.0)
-              for i, a in enumerate(agents)]
-    result = {"cpu_count": os.cpu_count(), "seconds": args.seconds, "overrides": args.set,
-              "raw_fps": [r["fps"] for r in raws], "agent_fps_at_broker": [a["fps"] for a in agents],
+    ratios = [a / r for a, r in zip(agents, raws) if r]
+    result = {"cpu_count": os.cpu_count(), "seconds": args.seconds, "settle": args.settle,
+              "overrides": args.set, "loadavg_before": loadavg,
+              "mode": "interleaved pairs (SIGSTOP/SIGCONT), order alternating",
+              "pair_order": ["".join(w[0] for w in o) for o in orders],
+              "raw_fps": [round(r, 2) if r else None for r in raws],
+              "agent_fps_at_broker": [round(a, 2) for a in agents],
               "ratios": [round(r, 3) for r in ratios],
-              "ratio_median": round(statistics.median(ratios), 3) if ratios else None}
+              "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
+              "ratio_spread": ratio_spread(ratios)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print("raw backend.infer fps (before/between/after): {}".format(result["raw_fps"]))
-        print("agent predictions/s at the broker (QoS 1): {}".format(
+        print("load average before: {}".format(loadavg))
+        print("raw backend.infer fps per pair: {}".format(result["raw_fps"]))
+        print("agent predictions/s at the broker (QoS 1) per pair: {}".format(
             result["agent_fps_at_broker"]))
-        print("agent / raw per round: {} (median {})".format(result["ratios"],
-                                                            result["ratio_median"]))
+        print("agent / raw per pair: {} (median {}; order {})".format(
+            result["ratios"], result["ratio_median"], result["pair_order"]))
+        spread = result["ratio_spread"]
+        if spread:
+            print("spread: min {min}, quartiles {p25}-{p75}, max {max}; {n} of {pairs} at or "
+                  "above 0.95".format(n=spread["pairs_at_or_above_0.95"], **spread))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
