@@ -213,18 +213,11 @@ def ratio_spread(ratios: List[float]) -> Optional[Dict[str, Any]]:
     (None without ratios). Quartiles interpolate linearly, as numpy.percentile does."""
     if not ratios:
         return None
-    ordered = sorted(ratios)
-
-    def quantile(q: float) -> float:
-        pos = q * (len(ordered) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-    return {"min": round(ordered[0], 3), "p25": round(quantile(0.25), 3),
-            "median": round(quantile(0.5), 3), "p75": round(quantile(0.75), 3),
-            "max": round(ordered[-1], 3), "pairs": len(ordered),
-            "pairs_at_or_above_0.95": sum(1 for r in ordered if r >= 0.95)}
+    q = percentiles(ratios, (25, 50, 75))
+    assert q is not None
+    return {"min": round(min(ratios), 3), "p25": q["p25"], "median": q["p50"],
+            "p75": q["p75"], "max": round(max(ratios), 3), "pairs": len(ratios),
+            "pairs_at_or_above_0.95": sum(1 for r in ratios if r >= 0.95)}
 
 
 def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:

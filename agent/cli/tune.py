@@ -3,8 +3,8 @@
 Each candidate (agent/tune/search.py) is loaded as a backend of its own and run through the
 agent's whole pipeline unpaced (bench.measure_pipeline) while the power meter integrates its
 energy (bench.EnergyProbe): fps, capture-to-publish p50/p99, mean watts and inferences per
-joule. The table, a PNG (or SVG) plot of fps against watts with the Pareto front, and the best setup
-under --max-watts/--min-fps/--max-p99-ms as a config overlay YAML (--out).
+joule. The table, a PNG (or SVG) plot of fps against watts with the Pareto front, and the best
+setup under --max-watts/--min-fps/--max-p99-ms as a config overlay YAML (--out).
 """
 
 import json
@@ -22,6 +22,7 @@ from ..tune.power_modes import PowerModes
 from ..updates.loader import backend_options
 from .bench import (EnergyProbe, _median_run, _source_tensors, inference_device,
                     measure_pipeline, measure_raw, resolve_package)
+from .progress import bar as progress_bar
 
 
 def candidate_config(config: Config, candidate: search.Candidate) -> Config:
@@ -94,7 +95,6 @@ def measure_candidate(config: Config, package: Any, candidate: search.Candidate,
 
 
 def _progress(i: int, total: int, label: str, done: Optional[Dict[str, Any]] = None) -> None:
-    from .progress import bar as progress_bar
     bar = progress_bar(i, total)
     if done is None:
         print("tune [{}] {}/{} {} ...".format(bar, i + 1, total, label), file=sys.stderr)
