@@ -131,9 +131,11 @@ class DeafOnce(object):
         threading.Thread(target=self._activate, args=(rid,)).start()
 
     def _activate(self, rid):
+        # In the agent's order: the status shows the new model before the `activated` event
+        # (the rollout reads a device whose status still shows the old one as gone back).
         self.publish("events", {"request_id": rid, "state": "accepted", "ts": time.time()})
-        self.publish("events", {"request_id": rid, "state": "activated", "ts": time.time()})
         self.status("2")
+        self.publish("events", {"request_id": rid, "state": "activated", "ts": time.time()})
         self.telemetry("2")
 
     def close(self):
