@@ -314,6 +314,14 @@ class Rollout(object):
                 and (m.get("ts") or 0) - (m.get("window_s") or 0) >= since
                 and (m.get("frames") or 0) > 0]
 
+    def _went_back(self, device: str) -> bool:
+        """The device's status, published after its activation, names another model. A
+        status from before (the `activated` event may come first, or the new status be lost)
+        says nothing yet: its telemetry or a newer status will tell."""
+        status = self.watch.inventory.status.get(device) or {}
+        since = self.state.device(device).get("activated_ts") or 0
+        return self.model_of(device) != self.target and (status.get("ts") or 0) >= since
+
     def _watch_window(self, devices: List[str]) -> None:
         """Telemetry for --window seconds (at least one message each), then the gates."""
         if not devices:
@@ -322,7 +330,7 @@ class Rollout(object):
         self._phase("watching telemetry", window)
         self.watch.wait(self._aborting, window)
         self._phase("telemetry after the window")
-        self.watch.wait(lambda: all(self._after(d) or self.model_of(d) != self.target
+        self.watch.wait(lambda: all(self._after(d) or self._went_back(d)
                                     or not self.watch.inventory.online(d)
                                     for d in devices) or self._aborting(),
                         self.opt["activate_timeout_s"])
@@ -331,17 +339,24 @@ class Rollout(object):
         for device in devices:
             entry = self.state.device(device)
             with self.watch.cond:
-                after = median_figures(self._after(device))
+                seen = self._after(device)
+                after = median_figures(seen)
                 now = self.model_of(device)
+                went_back = self._went_back(device)
                 online = self.watch.inventory.online(device)
             if not online:  # the Last Will: not a verdict on the model; retried at the end
                 self._step(device, st.OFFLINE, after=after,
                            detail="went offline during its window; retried at the end")
                 continue
-            if now != self.target:
+            if went_back:
                 self._step(device, st.FAILED, after=after,
                                     error="the device went back to {} (probation rolled it "
                                           "back, or another command)".format(now))
+                continue
+            if now != self.target and not seen:
+                self._step(device, st.FAILED, error="neither a status nor telemetry of {} "
+                           "since its activation within {:.0f} s (--activate-timeout)".format(
+                               self.target, self.opt["activate_timeout_s"]))
                 continue
             worse = regressions(entry.get("baseline") or {}, after, self.opt["max_regression"])
             if worse:

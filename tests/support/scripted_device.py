@@ -19,7 +19,10 @@ class ScriptedDevice(object):
     (a `failed` event, as for a bad sha256), "crash_before_activation", "crash_in_window"
     (activates, then the connection drops before any telemetry of the new model), or
     "drop_during_install" (the connection drops while the install is under way, the run goes
-    on: after `boot(same_run=True)` it activates when the same request arrives again).
+    on: after `boot(same_run=True)` it activates when the same request arrives again),
+    "status_lost" (activates, but its new status never reaches the broker: only its telemetry
+    shows the new model) or "goes_back" (activates, then its status shows the old model again,
+    as after a probation rollback).
     Telemetry goes out every `interval` seconds while connected, like an agent's
     telemetry.interval_s."""
 
@@ -157,14 +160,18 @@ class ScriptedDevice(object):
             self._held = (rid, payload)
             threading.Thread(target=self.crash, args=(sent,)).start()
             return
-        sent = self._activate(rid, payload)
+        sent = self._activate(rid, payload, status=behaviour != "status_lost")
+        if behaviour == "goes_back":
+            self.model, self._previous = self._previous, None
+            self.status()
         if behaviour == "crash_in_window":
             self._silent = True
             threading.Thread(target=self.crash, args=(sent,)).start()
 
-    def _activate(self, rid: str, payload: Dict[str, Any]) -> Any:
+    def _activate(self, rid: str, payload: Dict[str, Any], status: bool = True) -> Any:
         self._held = None
         self._previous, self.model = self.model, "{}@{}".format(payload["name"],
                                                                   payload["version"])
-        self.status()
+        if status:  # the agent's order: the new status, then the event
+            self.status()
         return self.event(rid, "model/install", "activated")

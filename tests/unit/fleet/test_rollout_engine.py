@@ -204,3 +204,35 @@ def test_a_connection_drop_during_the_install_gets_the_same_request_not_a_second
                                                                   dropped.installs[0])]
     assert len(dropped.installs) == 1 and len(steady.installs) == 1
     assert set(e["step"] for e in rollout.state.doc["devices"].values()) == {"ok"}
+
+
+def test_a_device_whose_new_status_is_lost_is_judged_on_its_telemetry(config, devices,
+                                                                      tmp_path):
+    # Its `activated` event arrives, its retained status still names m@1 (published before
+    # the activation), its telemetry names m@2: it did not go back, it is serving m@2.
+    fleet = devices(2)
+    fleet[0].behaviours = ["status_lost"]
+    log = []
+    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append)
+    try:
+        assert rollout.run() == "done", log
+    finally:
+        watch.close()
+    assert [rollout.state.doc["devices"][d.name]["step"] for d in fleet] == ["ok", "ok"]
+    assert all(r["event"] != "failed" for r in log)
+
+
+def test_a_device_that_goes_back_after_activating_fails_and_no_batch_starts(
+        config, devices, tmp_path):
+    fleet = devices(2)
+    fleet[0].behaviours = ["goes_back"]  # a status newer than its activation names m@1
+    log = []
+    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append)
+    try:
+        assert rollout.run() == "rolled_back", log
+    finally:
+        watch.close()
+    failed = [r for r in log if r["event"] == "failed"]
+    assert [r["device"] for r in failed] == [fleet[0].name]
+    assert "went back to m@1" in failed[0]["error"]
+    assert fleet[1].installs == []
