@@ -102,6 +102,17 @@ def _engine(config, fleet, path, emit, canary=1, batch=10, offline_wait=20.0):
     return watch, Rollout(watch, state, emit)
 
 
+def _run(config, fleet, tmp_path, **kw):
+    """One rollout of the engine to its end: (outcome, every record it emitted, the Rollout)."""
+    log = []
+    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append, **kw)
+    try:
+        outcome = rollout.run()
+    finally:
+        watch.close()
+    return outcome, log, rollout
+
+
 def test_offline_devices_are_reported_and_retried_never_counted_done(config, devices,
                                                                      tmp_path):
     fleet = devices(4)
@@ -146,13 +157,8 @@ def test_offline_devices_are_reported_and_retried_never_counted_done(config, dev
 def test_a_device_that_stays_offline_leaves_the_rollout_incomplete(config, devices, tmp_path):
     fleet = devices(2)
     fleet[1].crash()
-    log = []
-    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append,
-                             offline_wait=0.5)
-    try:
-        assert rollout.run() == "incomplete"
-    finally:
-        watch.close()
+    outcome, log, rollout = _run(config, fleet, tmp_path, offline_wait=0.5)
+    assert outcome == "incomplete"
     assert log[-1]["event"] == "incomplete" and log[-1]["offline"] == [fleet[1].name]
     assert log[-1]["counts"] == {"ok": 1, "offline": 1}
     assert fleet[1].installs == []
@@ -165,12 +171,8 @@ def test_a_rollback_does_not_call_an_offline_device_rolled_back(config, devices,
     away, bad = fleet
     away.behaviours = ["crash_in_window"]  # changed by the rollout, then its Last Will
     bad.behaviours = ["fail"]
-    log = []
-    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append, canary=2)
-    try:
-        assert rollout.run() == "rolled_back"
-    finally:
-        watch.close()
+    outcome, log, rollout = _run(config, fleet, tmp_path, canary=2)
+    assert outcome == "rolled_back"
     print("\n".join(json.dumps(r, sort_keys=True)[:200] for r in log))
     entry = rollout.state.doc["devices"][away.name]
     assert entry["step"] == "offline", entry  # not "rolled_back": it may still run m@2
@@ -212,12 +214,8 @@ def test_a_device_whose_new_status_is_lost_is_judged_on_its_telemetry(config, de
     # the activation), its telemetry names m@2: it did not go back, it is serving m@2.
     fleet = devices(2)
     fleet[0].behaviours = ["status_lost"]
-    log = []
-    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append)
-    try:
-        assert rollout.run() == "done", log
-    finally:
-        watch.close()
+    outcome, log, rollout = _run(config, fleet, tmp_path)
+    assert outcome == "done", log
     assert [rollout.state.doc["devices"][d.name]["step"] for d in fleet] == ["ok", "ok"]
     assert all(r["event"] != "failed" for r in log)
 
@@ -226,12 +224,8 @@ def test_a_device_that_goes_back_after_activating_fails_and_no_batch_starts(
         config, devices, tmp_path):
     fleet = devices(2)
     fleet[0].behaviours = ["goes_back"]  # a status newer than its activation names m@1
-    log = []
-    watch, rollout = _engine(config, fleet, str(tmp_path / "r.json"), log.append)
-    try:
-        assert rollout.run() == "rolled_back", log
-    finally:
-        watch.close()
+    outcome, log, rollout = _run(config, fleet, tmp_path)
+    assert outcome == "rolled_back", log
     failed = [r for r in log if r["event"] == "failed"]
     assert [r["device"] for r in failed] == [fleet[0].name]
     assert "went back to m@1" in failed[0]["error"]
