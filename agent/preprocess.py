@@ -58,6 +58,8 @@ class Preprocessor(object):
         self.spec = spec
         self._mean = np.asarray(spec.mean, dtype=np.float32)
         self._inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
+        self._mean_chw = self._mean.reshape(3, 1, 1)
+        self._inv_std_chw = self._inv_std.reshape(3, 1, 1)
         self._plans = {}  # type: dict
 
     def plan(self, frame_h: int, frame_w: int) -> ResizePlan:
@@ -104,14 +106,17 @@ class Preprocessor(object):
         """BGR uint8 HxWx3 at the input size -> float32 tensor of the input's shape."""
         order = (2, 1, 0) if self.spec.color == "RGB" else (0, 1, 2)
         if self.spec.layout == "NCHW":
-            # One pass per channel straight into the output plane: ~6x faster than
-            # astype/subtract/transpose/copy on a 2-core ARM or x86 machine.
+            # Two passes straight into the output: the uint8 HWC image seen as CHW (a view,
+            # channels reordered by the stride), minus the mean as float32, times 1/std. Same
+            # float32 operations as astype/subtract/transpose, without the temporaries; ~6x
+            # faster than that on a 2-core ARM or x86 machine.
             h, w = image.shape[:2]
             out = np.empty((1, 3, h, w), dtype=np.float32)
-            for ch, src in enumerate(order):
-                plane = out[0, ch]
-                np.subtract(image[:, :, src], self._mean[ch], out=plane, dtype=np.float32)
-                plane *= self._inv_std[ch]
+            chw = image.transpose(2, 0, 1)
+            if order != (0, 1, 2):
+                chw = chw[::-1]
+            np.subtract(chw, self._mean_chw, out=out[0], dtype=np.float32)
+            out[0] *= self._inv_std_chw
             return out
         tensor = image[:, :, list(order)].astype(np.float32)
         tensor -= self._mean

@@ -46,3 +46,25 @@ def test_non_finite_outputs_are_an_error():
     clf = Classifier(["a", "b"], "softmax", None)
     with pytest.raises(BackendError):
         clf({"x": np.array([np.nan, 1.0])})
+
+
+def test_top_k_is_a_stable_full_sort_on_random_scores_with_ties():
+    """The partition-based top-k picks and orders exactly as a stable sort of all scores would,
+    ties at the cut included (scores drawn from a few values, so ties are everywhere)."""
+    from agent.postprocess import top_indices
+    rng = np.random.RandomState(7)
+    for trial in range(300):
+        n = int(rng.randint(1, 40))
+        values = rng.randint(0, 4, n).astype(np.float64) if trial % 2 else rng.randn(n)
+        for k in (1, 3, n - 1, n, n + 2):
+            want = sorted(range(n), key=lambda i: (-values[i], i))[:max(k, 0)]
+            assert list(top_indices(values, k)) == want, (values, k)
+
+
+def test_softmax_scores_are_the_activation_of_the_outputs():
+    logits = np.random.RandomState(5).randn(1, 1000).astype(np.float32) * 4
+    clf = Classifier([str(i) for i in range(1000)], "softmax", "logits", top_k=5)
+    probs = activate(logits[0], "softmax")
+    top = clf({"logits": logits})
+    assert [t["index"] for t in top] == list(np.argsort(-probs, kind="mergesort")[:5])
+    assert [t["score"] for t in top] == [round(float(probs[t["index"]]), 6) for t in top]

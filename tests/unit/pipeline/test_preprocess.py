@@ -58,3 +58,22 @@ def test_center_crop_takes_the_middle():
 def test_bad_frame_is_refused():
     with pytest.raises(ValueError):
         Preprocessor(_spec("stretch"))(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("color,shape,layout", [("RGB", (1, 3, 4, 6), "NCHW"),
+                                                ("BGR", (1, 3, 4, 6), "NCHW"),
+                                                ("RGB", (1, 4, 6, 3), "NHWC")])
+def test_normalization_matches_the_plain_formula_pixel_for_pixel(color, shape, layout):
+    """Every pixel and channel where it belongs, exactly the float32 (x - mean) * (1 / std) of
+    the textbook astype/subtract/transpose (a uniform frame would not show a plane or an axis
+    swapped)."""
+    spec = _spec("stretch", color=color, shape=shape, layout=layout)
+    frame = np.random.RandomState(3).randint(0, 256, (4, 6, 3)).astype(np.uint8)
+    image = frame[:, :, ::-1] if color == "RGB" else frame
+    want = (image.astype(np.float32) - np.float32([10.0, 20.0, 30.0])) * \
+        (1.0 / np.float32([2.0, 4.0, 8.0])).astype(np.float32)
+    if layout == "NCHW":
+        want = want.transpose(2, 0, 1)
+    out = Preprocessor(spec)(frame)
+    assert out.dtype == np.float32 and out.shape == shape
+    assert np.array_equal(out[0], want)
