@@ -1,6 +1,5 @@
 """Model outputs -> top-k predictions with labels."""
 
-import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -31,8 +30,7 @@ class Classifier(object):
         self.top_k = top_k
         self.min_score = min_score
 
-    def _raw(self, outputs: Dict[str, np.ndarray]) -> np.ndarray:
-        """The score output as a flat vector; BackendError if missing or not all finite."""
+    def scores(self, outputs: Dict[str, np.ndarray]) -> np.ndarray:
         if self.output_name:
             raw = outputs.get(self.output_name)
             if raw is None:
@@ -41,52 +39,22 @@ class Classifier(object):
         else:
             raw = next(iter(outputs.values()))
         flat = np.asarray(raw).reshape(-1)
-        # One pass: a float64 sum of finite float32 values cannot overflow, so it is finite
-        # exactly when every value is (NaN and Inf propagate into it).
-        if not math.isfinite(float(np.sum(flat, dtype=np.float64))):
+        if not np.all(np.isfinite(flat)):
             raise BackendError("model output has NaN or Inf values ({} of {})".format(
                 int(np.count_nonzero(~np.isfinite(flat))), flat.shape[0]))
-        return flat
-
-    def scores(self, outputs: Dict[str, np.ndarray]) -> np.ndarray:
-        return activate(self._raw(outputs), self.activation)
+        return activate(flat, self.activation)
 
     def __call__(self, outputs: Dict[str, np.ndarray]) -> List[Dict[str, object]]:
-        flat = self._raw(outputs)
-        if self.activation == "softmax":
-            # activate()'s softmax without dividing all 1000 values: rank by exp(x - max),
-            # divide only the k kept (the same float64 operations, so the same scores).
-            weights = flat.astype(np.float64)
-            weights -= np.max(weights)
-            np.exp(weights, out=weights)
-            total = float(np.sum(weights))
-        else:
-            weights = activate(flat, self.activation)
-            total = 1.0
+        probs = self.scores(outputs)
+        k = min(self.top_k, probs.shape[0])
+        # Highest first; equal scores keep index order. "mergesort" is numpy's stable sort under
+        # its pre-1.15 name (the "stable" kind needs numpy >= 1.15; JetPack 4.6 has 1.13.3).
+        idx = np.argsort(-probs, kind="mergesort")[:k]
         top = []
-        for i in top_indices(weights, min(self.top_k, weights.shape[0])):
-            score = float(weights[i]) / total
+        for i in idx:
+            score = float(probs[i])
             if score < self.min_score:
                 break
             label = self.labels[i] if i < len(self.labels) else str(int(i))
             top.append({"index": int(i), "label": label, "score": round(score, 6)})
         return top
-
-
-def top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest of a 1-D array, highest first; equal values keep index order,
-    as a stable sort of -values would (also at the cut: the lowest indices win).
-
-    np.partition finds the k-th largest in one linear pass; only the values at or above it
-    are sorted. "mergesort" is numpy's stable sort under its pre-1.15 name (the "stable" kind
-    needs numpy >= 1.15; JetPack 4.6 has 1.13.3).
-    """
-    n = values.shape[0]
-    if k <= 0:
-        return np.zeros(0, dtype=np.intp)
-    if k >= n:
-        return np.argsort(-values, kind="mergesort")
-    kth = np.partition(values, n - k)[n - k]
-    candidates = np.flatnonzero(values >= kth)  # in index order, ties at the cut included
-    order = np.argsort(-values[candidates], kind="mergesort")
-    return candidates[order[:k]]
