@@ -22,7 +22,7 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
@@ -81,6 +81,24 @@ def hot_loop(step: Callable[[], Any], calls: int = 500) -> float:
     return (time.thread_time() - start) * 1000.0 / calls
 
 
+def open_model(overrides: List[str]) -> Tuple[Any, Any, Any, Any]:
+    """config.yaml (with `overrides`), its model package, the backend the agent would open
+    for it and the package's Preprocessor; OpenCV single-threaded, as in the agent."""
+    import cv2
+    from agent.backends import open_backend
+    from agent.cli.bench import resolve_package
+    from agent.config import load_config
+    from agent.preprocess import Preprocessor
+    from agent.updates.loader import backend_options
+
+    cv2.setNumThreads(1)
+    config = load_config(os.path.join(ROOT, "config.yaml"), overrides)
+    config.base_dir = ROOT
+    package = resolve_package(config, None)
+    backend, _ = open_backend(package, backend_options(config))
+    return config, package, backend, Preprocessor(package.input)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=("sleep", "real"), default="sleep")
@@ -95,20 +113,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import cv2
     from agent import postprocess, preprocess, spool
-    from agent.backends import open_backend
-    from agent.cli.bench import (_source_tensors, measure_pipeline, measure_raw,
-                                  resolve_package)
-    from agent.config import load_config
+    from agent.cli.bench import _source_tensors, measure_pipeline, measure_raw
     from agent.pipeline import frames
     from agent.sources import files
-    from agent.updates.loader import backend_options
 
-    cv2.setNumThreads(1)  # as the agent does
-    config = load_config(os.path.join(ROOT, "config.yaml"), [])
-    config.base_dir = ROOT
-    package = resolve_package(config, None)
-    backend, _ = open_backend(package, backend_options(config))
-    prep = preprocess.Preprocessor(package.input)
+    config, package, backend, prep = open_model([])
     tensors = _source_tensors(config, SOURCE, prep)
     outputs = backend.infer(tensors[0])
     cpu0, wall0 = time.process_time(), time.monotonic()

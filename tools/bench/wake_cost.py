@@ -22,9 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, List
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+for path in (ROOT, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 PHOTOS = ("cat.jpg", "coffee.jpg", "rocket.jpg")
 
@@ -55,19 +57,10 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
 
     import cv2
-    from agent.backends import open_backend
-    from agent.cli.bench import resolve_package
-    from agent.config import load_config
     from agent.postprocess import Classifier
-    from agent.preprocess import Preprocessor
-    from agent.updates.loader import backend_options
+    from stage_cpu import open_model  # tools/bench/stage_cpu.py: the same set-up
 
-    cv2.setNumThreads(1)  # as the agent does
-    config = load_config(os.path.join(ROOT, "config.yaml"), args.set)
-    config.base_dir = ROOT
-    package = resolve_package(config, None)
-    backend, _ = open_backend(package, backend_options(config))
-    prep = Preprocessor(package.input)
+    _, package, backend, prep = open_model(args.set)
     clf = Classifier(package.labels, package.output.activation, package.output.name, top_k=5)
     photos = [cv2.imread(os.path.join(ROOT, "models", "samples", name)) for name in PHOTOS]
     resized = [prep.resize(p) for p in photos]
@@ -77,7 +70,6 @@ def main(argv: List[str] = None) -> int:
              "classifier": lambda i: clf(outputs[i % 3])}
 
     stop = threading.Event()
-    inferences = [0]
     worker = None
     if args.beside_inference:
         tensor = prep.normalize(resized[0])
@@ -85,25 +77,23 @@ def main(argv: List[str] = None) -> int:
         def infer_loop() -> None:
             while not stop.is_set():
                 backend.infer(tensor)
-                inferences[0] += 1
         worker = threading.Thread(target=infer_loop, name="inference", daemon=True)
         worker.start()
 
     print("ms of thread CPU per call ({} calls{}; cores: {})".format(
         args.calls, ", ONNX Runtime running in another thread" if worker else "",
         os.cpu_count()))
-    print("{:<28}{:>10}{:>11}{:>12}".format("sleep before each frame", "resize", "normalize",
-                                            "classifier"))
+    row = "{:<28}{:>10}{:>11}{:>12}"
+    print(row.format("sleep before each frame", "resize", "normalize", "classifier"))
+
+    def show(label: str, ms: Dict[str, float]) -> None:
+        print(row.format(label, *("{:.3f}".format(ms[k]) for k in steps)))
     try:
         for sleep_ms in [float(s) for s in args.sleeps_ms.split(",")]:
-            ms = timed_steps(steps, args.calls, sleep_ms / 1000.0, 1)
-            print("{:<28}{:>10.3f}{:>11.3f}{:>12.3f}".format(
-                "{:g} ms".format(sleep_ms), ms["resize"], ms["normalize"], ms["classifier"]))
+            show("{:g} ms".format(sleep_ms), timed_steps(steps, args.calls, sleep_ms / 1000.0, 1))
         for every in [int(b) for b in args.batches.split(",")]:
-            ms = timed_steps(steps, args.calls, 0.008, every)
-            print("{:<28}{:>10.3f}{:>11.3f}{:>12.3f}".format(
-                "8 ms, woken for {} frame{}".format(every, "s" if every > 1 else ""),
-                ms["resize"], ms["normalize"], ms["classifier"]))
+            show("8 ms, woken for {} frame{}".format(every, "s" if every > 1 else ""),
+                 timed_steps(steps, args.calls, 0.008, every))
     finally:
         stop.set()
         if worker is not None:

@@ -74,5 +74,6 @@ def test_huge_finite_outputs_are_not_taken_for_inf():
     """float64 outputs whose sum overflows are still finite: ranked, not refused."""
     clf = Classifier(["a", "b", "c"], "none", None, top_k=2)
     assert [t["label"] for t in clf({"x": np.array([1e308, 1.7e308, -5.0])})] == ["b", "a"]
-    with pytest.raises(Exception):
+    from agent.errors import BackendError
+    with pytest.raises(BackendError):
         clf({"x": np.array([1e308, np.inf, -5.0])})
