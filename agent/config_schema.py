@@ -137,6 +137,10 @@ SCHEMA = {
         "preprocess": F("str", "auto", choices=("auto", "cpu", "gpu")),
         "threads": F("int", None, nullable=True, minimum=1, maximum=64,
                      doc="ONNX Runtime intra-op threads; null = one per core"),
+        "helper_priority": F("str", "idle", choices=("idle", "normal"),
+                             doc="capture, publish, MQTT and telemetry threads at Linux "
+                                 "SCHED_IDLE, so inference never waits for them; one starved "
+                                 "by another program gets normal priority back"),
         "spin": F("bool", False, doc="ONNX Runtime threads busy-wait between inferences: "
                                      "up to ~3 ms less latency, ~2.2x the CPU"),
         "validate": {

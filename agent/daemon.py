@@ -25,6 +25,7 @@ from .pipeline.capture import CaptureStage, probe_live
 from .pipeline.frames import FrameSlot
 from .pipeline.inference import BackendSlot, InferenceStage
 from .pipeline.publish import PublishStage
+from .priority import HelperPriority
 from .redact import redact_text
 from .reload import reload_config
 from .store.package import ModelPackage
@@ -68,6 +69,9 @@ class Agent(object):
         self._preloaded = backend  # bench hands in the backend it already measured
         self._overrides = list(overrides or [])  # --set values, re-applied on reload
         self.stats = StageStats()
+        # Capture, publish, telemetry and the MQTT threads yield the CPU to inference
+        # (agent/priority.py); the main loop checks that none of them starves.
+        self.priority = HelperPriority(config.backend.helper_priority)
         # Called with every (frame, prediction payload) / every telemetry message.
         self.listeners = []  # type: List[Callable[[Any, Dict[str, Any]], None]]
         self.telemetry_listeners = []  # type: List[Callable[[Dict[str, Any]], None]]
@@ -102,6 +106,7 @@ class Agent(object):
             self.link = open_link(self.config, self.device_id, self.state_dir,
                                   self.handle_command)
             self.spool = self.link.spool
+            self.link.enrol_helper = self.priority.enrol
             self.link.start()
             announce_discovery(self.config, self.link, self.state_dir, self.device_id,
                                board_model())
@@ -155,11 +160,20 @@ class Agent(object):
         publisher = PublishStage(self.config, self.results, self.link.publish, self.stats,
                                  self.stop, self.inference.done, self.probation.result,
                                  self.listeners)
-        stages = [("capture", capture.run), ("inference", self.inference.run),
-                  ("publish", publisher.run)]
+        stages = [("capture", self._helper(capture.run)), ("inference", self.inference.run),
+                  ("publish", self._helper(publisher.run))]
         if self.telemetry_enabled:
-            stages.append(("telemetry", lambda: self.reporter.run(publisher.done)))
+            stages.append(("telemetry",
+                            self._helper(lambda: self.reporter.run(publisher.done))))
         return capture, stages
+
+    def _helper(self, run: Callable[[], None]) -> Callable[[], None]:
+        """`run` in a helper thread: at idle priority (backend.helper_priority). Never the
+        inference thread, nor one that loads models: ONNX Runtime's workers would inherit it."""
+        def helper() -> None:
+            self.priority.enrol()
+            run()
+        return helper
 
     def _load_first_model(self, capture: CaptureStage) -> None:
         if self._preloaded is not None:
@@ -190,6 +204,7 @@ class Agent(object):
                 self._reload_requested.clear()
                 self.reload_config()
             spool_watch.check()
+            self.priority.check()
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("ran for %.1f s (--duration)", self.duration)
                 self.stop.set()

@@ -109,6 +109,9 @@ class MqttLink(object):
         # Called (paho's thread) at every connect after the first: the broker may have put the
         # Last Will in the retained status meanwhile, so the owner publishes it again.
         self.on_reconnect = None  # type: Optional[Callable[[], None]]
+        # Called first thing in the sender thread and in paho's network thread (at each
+        # connect): the daemon puts them at idle priority there (agent/priority.py).
+        self.enrol_helper = lambda: None  # type: Callable[[], Any]
         self._client = self._make_client()
 
     # ---- topics ----
@@ -216,6 +219,7 @@ class MqttLink(object):
             self._cond.notify_all()
 
     def _send_loop(self) -> None:
+        self.enrol_helper()
         while not self._stop.is_set():
             with self._cond:
                 while not self._stop.is_set() and not self._can_send():
@@ -273,6 +277,7 @@ class MqttLink(object):
 
     # ---- paho callbacks (paho's network thread) ----
     def _handle_connect(self, rc: Any) -> None:
+        self.enrol_helper()
         code = _rc_value(rc)
         if code != 0:
             # A refused CONNACK is not "connected" (bad credentials, not authorised, ...).

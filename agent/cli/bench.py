@@ -116,7 +116,7 @@ def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames:
     stages = {stage: percentiles(values[warmup:]) for stage, values in samples.items()}
     return {"frames": len(stamps), "fps": round((len(stamps) - 1) / elapsed, 2)
             if elapsed > 0 else None, "stages_ms": stages, "dropped": agent.slot.dropped,
-            "errors": agent.stats.errors}
+            "errors": agent.stats.errors, "helpers": agent.priority.describe()}
 
 
 BENCH_IDLE_S = 5.0   # bench's idle baseline: longer than the daemon's, in parts for a spread
@@ -274,6 +274,8 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "precision": backend.precision,
         "degraded": reasons,
         "spin": config.backend.spin,
+        "helper_priority": pipeline["helpers"]["helper_priority"],
+        "helper_priority_note": pipeline["helpers"]["helper_priority_note"],
         "cpu_count": os.cpu_count(),
         "raw": raw,
         "pipeline": pipeline,
@@ -312,11 +314,13 @@ def _fmt(p: Optional[Dict[str, float]]) -> str:
 
 
 def print_table(r: Dict[str, Any], uri: str) -> None:
-    print("edge-agent bench: {} on {} ({}), {} cores, backend.spin {}".format(
-        r["model"], r["backend"], r["precision"], r["cpu_count"],
-        "on" if r["spin"] else "off"))
+    print("edge-agent bench: {} on {} ({}), {} cores, backend.spin {}, helper threads at {} "
+          "priority".format(r["model"], r["backend"], r["precision"], r["cpu_count"],
+                            "on" if r["spin"] else "off", r["helper_priority"]))
     for reason in r["degraded"]:
         print("  note: " + reason)
+    if r["helper_priority_note"] and r["helper_priority"] == "normal":
+        print("  note: helper threads at normal priority: " + r["helper_priority_note"])
     print("")
     print("{:<34} {:>8}   {:>8} {:>8} {:>8}".format("", "fps", "p50 ms", "p95 ms", "p99 ms"))
     print("{:<34} {:8.2f}   {}".format("raw backend (infer only)", r["raw"]["fps"],

@@ -41,6 +41,9 @@ def device_overrides(name: str, state_dir: str, port: int, group: str,
             # Hundreds of agents share one Python process and 2 cores: a tiny model's inference
             # time varies 100x with the GIL, and probation would roll back on that noise.
             "updates.max_latency_factor=1000",
+            # Not a device's CPU to share with inference: and each agent's starvation check
+            # would read every one of the process's ~1,500 threads twice a second.
+            "backend.helper_priority=normal",
             "logging.level=WARNING"]
 
 

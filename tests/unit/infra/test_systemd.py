@@ -553,6 +553,7 @@ DIRECTIVE_SINCE = {
         "RestrictAddressFamilies": 211,
         "RestrictNamespaces": 233,
         "RestrictRealtime": 231,
+        "LimitNICE": 1,
         "LockPersonality": 235,
         "SystemCallArchitectures": 209,
         "RemoveIPC": 232,
