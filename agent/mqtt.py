@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Set
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,10 @@ class MqttLink(object):
         self._cond = threading.Condition()
         self._inflight = {}  # type: Dict[int, int]   # paho mid -> spool row id
         self._early_acks = set()  # type: Set[int]
+        # Spool rows the broker acknowledged; the sender deletes them in one transaction.
+        self._acked = []  # type: List[int]
+        # The sender gathers messages for up to this long and hands them to paho together.
+        self._batch_s = max(0.0, float(getattr(cfg, "batch_ms", 0.0) or 0.0)) / 1000.0
         self._sent_up_to = 0  # highest spool id handed to paho
         self._resync = False
         self._held_back = 0
@@ -181,6 +185,7 @@ class MqttLink(object):
             self._cond.notify_all()
         if self._sender is not None:
             self._sender.join(2.0)
+        self._apply_acks()
         try:
             self._client.disconnect()
         except Exception:  # disconnect on a never-connected client: nothing to do
@@ -220,7 +225,14 @@ class MqttLink(object):
 
     def _send_loop(self) -> None:
         self.enrol_helper()
+        try:
+            self._send_until_stopped()
+        finally:
+            self._apply_acks()
+
+    def _send_until_stopped(self) -> None:
         while not self._stop.is_set():
+            self._apply_acks()
             with self._cond:
                 while not self._stop.is_set() and not self._can_send():
                     if self.connected:
@@ -239,9 +251,16 @@ class MqttLink(object):
                 continue
             if not batch:
                 with self._cond:
-                    if self._sent_up_to == after and not self._stop.is_set():
+                    if self._sent_up_to == after and not self._acked and \
+                            not self._stop.is_set():
                         self._cond.wait(0.5)
                 continue
+            gather = self._gather_s(batch[0], len(batch) < room)
+            if gather > 0 and not self._stop.wait(gather):
+                try:
+                    batch = self.spool.pending(room, after_id=after)
+                except sqlite3.Error:
+                    pass  # send what was read; the error shows at the next read
             for msg in batch:
                 if not self.connected:
                     break
@@ -256,9 +275,31 @@ class MqttLink(object):
                     self._sent_up_to = msg.id
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
-                        self._ack(msg.id)
+                        self._acked.append(msg.id)
                     else:
                         self._inflight[info.mid] = msg.id
+
+    def _gather_s(self, oldest: Any, room_left: bool) -> float:
+        """How long to wait for more messages before handing `oldest` and those after it to
+        paho: until `oldest` is mqtt.batch_ms old, or not at all when the window is full
+        or the message waited long enough already (a backlog after an outage)."""
+        if self._batch_s <= 0 or not room_left:
+            return 0.0
+        age = time.time() - float(getattr(oldest, "created_ts", 0.0) or 0.0)
+        return self._batch_s - age if 0.0 <= age < self._batch_s else 0.0
+
+    def _apply_acks(self) -> None:
+        """Delete what the broker acknowledged from the spool, in one transaction."""
+        with self._cond:
+            rows, self._acked = self._acked, []
+        if not rows:
+            return
+        try:
+            self.spool.ack_many(rows)
+        except sqlite3.Error as exc:  # at worst they are sent again after a restart (QoS 1)
+            log.error("spool: cannot mark %d messages delivered: %s", len(rows), exc)
+        with self._cond:
+            self._cond.notify_all()  # flush() waits for the spool to empty
 
     def sending(self) -> SendState:
         """Where the sender stands: what it handed to paho, what awaits a PUBACK, how often it
@@ -319,15 +360,15 @@ class MqttLink(object):
             row = self._inflight.pop(mid, None)
             if row is None:
                 self._early_acks.add(mid)
-            else:
-                self._ack(row)
-            self._cond.notify_all()
-
-    def _ack(self, row: int) -> None:
-        try:
-            self.spool.ack(row)
-        except sqlite3.Error as exc:  # at worst it is sent again after a restart (QoS 1)
-            log.error("spool: cannot mark message %s delivered: %s", row, exc)
+                return
+            self._acked.append(row)
+            # The sender deletes the acknowledged rows when it next wakes. Wake it now only
+            # when this ack matters to it: the window had been full, re-sends after a
+            # reconnect are all acknowledged, or nothing is in flight any more (the rows are
+            # deleted then, and flush() sees it).
+            if not self._inflight or self._resync or \
+                    len(self._inflight) == self.INFLIGHT_WINDOW - 1:
+                self._cond.notify_all()
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic = message.topic

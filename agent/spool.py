@@ -52,7 +52,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -259,15 +259,32 @@ class Spool(object):
 
     def ack(self, msg_id: int) -> bool:
         """Delete a delivered message; False if it was already gone (acked or superseded)."""
+        return self.ack_many([msg_id]) == 1
+
+    def ack_many(self, msg_ids: Iterable[int]) -> int:
+        """Delete delivered messages in one transaction; how many of them were still there
+        (one acked twice, or superseded, is skipped)."""
         with self._lock:
             conn = self._connection()
-            row = conn.execute("SELECT kind FROM outbox WHERE id = ?", (int(msg_id),)).fetchone()
-            if row is None:
-                return False
-            conn.execute("DELETE FROM outbox WHERE id = ?", (int(msg_id),))
-            self._counts[row[0]] -= 1
+            delta = {}  # type: Dict[str, int]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for msg_id in msg_ids:
+                    row = conn.execute("SELECT kind FROM outbox WHERE id = ?",
+                                       (int(msg_id),)).fetchone()
+                    if row is None:
+                        continue
+                    conn.execute("DELETE FROM outbox WHERE id = ?", (int(msg_id),))
+                    delta[row[0]] = delta.get(row[0], 0) + 1
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            for kind, n in delta.items():
+                self._counts[kind] -= n
             self._note_bound({}, 0)  # re-arms the warnings once back under the bound
-            return True
+            return sum(delta.values())
 
     def __len__(self) -> int:
         with self._lock:

@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from .spool import MEMORY, Spool, SpooledMessage
 
@@ -78,6 +78,10 @@ class FallbackSpool(object):
     def ack(self, msg_id: int) -> bool:
         with self._lock:
             return self._spool.ack(msg_id)
+
+    def ack_many(self, msg_ids: Iterable[int]) -> int:
+        with self._lock:
+            return self._spool.ack_many(msg_ids)
 
     def __len__(self) -> int:
         with self._lock:

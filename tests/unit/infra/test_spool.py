@@ -73,6 +73,26 @@ def test_ack_removes_only_that_message(tmp_path):
         assert len(spool) == 0 and spool.pending(10) == []
 
 
+def test_ack_many_deletes_in_one_transaction_and_skips_what_is_gone(tmp_path):
+    path = str(tmp_path / "spool.db")
+    with Spool(path) as spool:
+        ids = [spool.put(TELE, b"t%d" % i, 1, False, "telemetry") for i in range(3)]
+        ids += [spool.put(EVENT, b"e%d" % i, 1, False, "event") for i in range(2)]
+        assert spool.ack(ids[0]) is True
+        # ids[0] already gone, 999 never existed: skipped, the rest deleted
+        assert spool.ack_many([ids[0], ids[1], ids[3], 999]) == 2
+        assert [m.id for m in spool.pending(10)] == [ids[2], ids[4]]
+        assert spool.counts()["telemetry"] == 1 and spool.counts()["event"] == 1
+        assert spool.ack_many([]) == 0 and len(spool) == 2
+    # committed: a new connection sees the same
+    with Spool(path) as again:
+        assert [m.id for m in again.pending(10)] == [ids[2], ids[4]]
+        # one transaction: an id that fails half way leaves every row of the call in place
+        with pytest.raises((ValueError, TypeError)):
+            again.ack_many([ids[2], "not an id"])
+        assert [m.id for m in again.pending(10)] == [ids[2], ids[4]] and len(again) == 2
+
+
 def test_restart_resumes_and_ids_keep_increasing(tmp_path):
     path = str(tmp_path / "state" / "spool.db")  # the directory is created on first open
     spool = Spool(path)
