@@ -316,7 +316,7 @@ class Agent(object):
         for name in list(self._threads):
             self._join(name, 2.0)
         if self.slot is not None:
-            self.slot.get(0.0)  # the frame nobody will infer (maybe in a pinned pool buffer)
+            self.slot.clear()  # frames nobody will infer (maybe in pinned pool buffers)
         if self._preloaded is None:
             self.backends.close()
         self.link.publish("status", self.health.offline_payload(), kind="status", retain=True,

@@ -36,7 +36,9 @@ import numpy as np
 
 log = logging.getLogger("edge-agent")
 
-POOL_SIZE = 4  # capture one ahead, one in the slot, one on the GPU, one being published
+# capture making one, two waiting in the slot (FrameSlot depth 2), one on the GPU, one being
+# published
+POOL_SIZE = 5
 MAX_SHAPES = 8  # frame sizes kept at once (a folder of photos has several)
 RELEASE_WAIT_S = 1.0  # at close, how long frames in flight may still hold a buffer
 _PARKED = []  # type: List[Any]  # buffers still held after close: kept until the process exits
