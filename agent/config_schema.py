@@ -104,9 +104,6 @@ SCHEMA = {
         "client_id": F("str", None, nullable=True),
         "qos": F("int", 1, choices=(0, 1)),
         "keepalive_s": F("int", 30, minimum=5, maximum=3600),
-        "batch_ms": F("float", 0.0, minimum=0.0, maximum=1000.0,
-                      doc="gather QoS 1 messages this long and send them together: fewer "
-                          "wake-ups on the device, the broker and subscribers; 0 = each at once"),
         "username": F("str", None, nullable=True),
         "password_file": F("str", None, nullable=True, secret=True, path="file"),
         "tls": {

@@ -102,8 +102,6 @@ class MqttLink(object):
         self._early_acks = set()  # type: Set[int]
         # Spool rows the broker acknowledged; the sender deletes them in one transaction.
         self._acked = []  # type: List[int]
-        # The sender gathers messages for up to this long and hands them to paho together.
-        self._batch_s = max(0.0, float(getattr(cfg, "batch_ms", 0.0) or 0.0)) / 1000.0
         self._sent_up_to = 0  # highest spool id handed to paho
         self._resync = False
         self._held_back = 0
@@ -255,12 +253,6 @@ class MqttLink(object):
                             not self._stop.is_set():
                         self._cond.wait(0.5)
                 continue
-            gather = self._gather_s(batch[0], len(batch) < room)
-            if gather > 0 and not self._stop.wait(gather):
-                try:
-                    batch = self.spool.pending(room, after_id=after)
-                except sqlite3.Error:
-                    pass  # send what was read; the error shows at the next read
             for msg in batch:
                 if not self.connected:
                     break
@@ -278,15 +270,6 @@ class MqttLink(object):
                         self._acked.append(msg.id)
                     else:
                         self._inflight[info.mid] = msg.id
-
-    def _gather_s(self, oldest: Any, room_left: bool) -> float:
-        """How long to wait for more messages before handing `oldest` and those after it to
-        paho: until `oldest` is mqtt.batch_ms old, or not at all when the window is full
-        or the message waited long enough already (a backlog after an outage)."""
-        if self._batch_s <= 0 or not room_left:
-            return 0.0
-        age = time.time() - float(getattr(oldest, "created_ts", 0.0) or 0.0)
-        return self._batch_s - age if 0.0 <= age < self._batch_s else 0.0
 
     def _apply_acks(self) -> None:
         """Delete what the broker acknowledged from the spool, in one transaction."""

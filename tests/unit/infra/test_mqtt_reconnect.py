@@ -22,8 +22,6 @@ import signal
 import threading
 import time
 
-import pytest
-
 from agent.spool import Spool
 from support.paths import ROOT
 from support.broker import persistent_broker
@@ -95,24 +93,21 @@ class HoldAtConnect(logging.Handler):
             time.sleep(0.001)
 
 
-def _make_link(tmp_path, port, batch_ms=0.0):
+def _make_link(tmp_path, port):
     from agent.config import load_config
     from agent.mqtt import MqttLink
     config = load_config(os.path.join(ROOT, "config.yaml"), [
         "mqtt.host=127.0.0.1", "mqtt.port={}".format(port), "device.id=" + DEVICE,
-        "device.state_dir=" + str(tmp_path / "state"), "mqtt.batch_ms={}".format(batch_ms)])
+        "device.state_dir=" + str(tmp_path / "state")])
     os.makedirs(str(tmp_path / "state"))
     spool = Spool(str(tmp_path / "state" / "spool.db"))
     link = MqttLink(config.mqtt, DEVICE, None, spool)
     return link, spool, config.mqtt.prefix
 
 
-# batch_ms 50: the sender gathers messages and the acknowledged rows are deleted in batches;
-# order and completeness must hold just the same.
-@pytest.mark.parametrize("batch_ms", [0.0, 50.0])
-def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_path, batch_ms):
+def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_path):
     broker = persistent_broker(str(tmp_path), "max_inflight_messages 0")
-    link, spool, prefix = _make_link(tmp_path, broker.port, batch_ms)
+    link, spool, prefix = _make_link(tmp_path, broker.port)
     operator = SessionRecorder(broker.port, ["{}/{}/events".format(prefix, DEVICE)])
     producer = Producer(link)
     hold = HoldAtConnect(link)
@@ -171,38 +166,3 @@ def test_broker_restart_with_one_running_link_keeps_order_and_loses_nothing(tmp_
     _check(_numbers(operator), total)
     print("broker restart: produced {} received {} (with duplicates)".format(
         total, len(_numbers(operator))))
-
-
-def test_batch_ms_hands_messages_produced_together_to_paho_together(tmp_path):
-    """mqtt.batch_ms 1000: five messages produced within a few milliseconds reach paho in
-    one pass of the sender, after the last of them was produced; all arrive, in order, and
-    the spool empties once the broker acknowledged them (the batched ack)."""
-    broker = persistent_broker(str(tmp_path), "max_inflight_messages 0")
-    link, spool, prefix = _make_link(tmp_path, broker.port, 1000.0)
-    operator = SessionRecorder(broker.port, ["{}/{}/events".format(prefix, DEVICE)])
-    producer = Producer(link)
-    handed = []
-    real_publish = link._client.publish
-
-    def publish(topic, payload, *args, **kwargs):
-        handed.append(time.monotonic())
-        return real_publish(topic, payload, *args, **kwargs)
-
-    link._client.publish = publish
-    try:
-        link.start()
-        wait_until(lambda: link.connected, 30, "the link to connect")
-        handed[:] = []  # the connect's own traffic, if any
-        producer.send(5)
-        produced_at = time.monotonic()
-        wait_until(lambda: len(set(_numbers(operator))) >= 5, 30, "the five messages")
-        wait_until(lambda: len(spool) == 0, 30, "the acknowledged messages to leave the spool")
-    finally:
-        link.stop(1.0)
-        operator.close()
-        broker.stop()
-        spool.close()
-    assert len(handed) == 5
-    assert min(handed) >= produced_at, "a message went to paho before the batch was gathered"
-    _check(_numbers(operator), 5)
-
