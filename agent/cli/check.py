@@ -210,8 +210,23 @@ def check_state_dir(report: Report, config: Config) -> None:
             path, exc))
 
 
+def check_priority(report: Report, config: Config) -> None:
+    """Whether helper threads can run at idle priority here (agent/priority.py)."""
+    from ..priority import HelperPriority
+    priority = HelperPriority(config.backend.helper_priority)
+    if priority.active:
+        report.add("priority", OK, "helper threads at SCHED_IDLE (inference first); a starved "
+                                   "one gets normal priority back")
+    elif config.backend.helper_priority == "normal":
+        report.add("priority", OK, "helper threads at normal priority "
+                                   "(backend.helper_priority: normal)")
+    else:
+        report.add("priority", WARN, "helper threads at normal priority: {}".format(
+            priority.reason))
+
+
 CHECKS = (check_python, check_modules, check_power, check_broker, check_source, check_model,
-          check_state_dir)  # type: Tuple[Callable[..., None], ...]
+          check_state_dir, check_priority)  # type: Tuple[Callable[..., None], ...]
 
 
 def run_check(config: Config, as_json: bool = False) -> int:
