@@ -121,7 +121,7 @@ class HelperPriority(object):
         if not self.sched.available:
             return "this system has no SCHED_IDLE (Linux only)"
         try:
-            with open(self._schedstat(current_tid())) as handle:
+            with open(self._schedstat(current_tid()), encoding="utf-8") as handle:
                 handle.read()
         except (OSError, ValueError) as exc:
             return ("the kernel keeps no run-queue statistics ({}), so a starved thread could "
@@ -178,7 +178,7 @@ class HelperPriority(object):
     def _times(self, tid: int) -> Optional[Tuple[int, int]]:
         """The thread's total ns on a CPU and waiting for one, None when it has ended."""
         try:
-            with open(self._schedstat(tid)) as handle:
+            with open(self._schedstat(tid), encoding="utf-8") as handle:
                 fields = handle.read().split()
             return int(fields[0]), int(fields[1])
         except (OSError, ValueError, IndexError):
@@ -234,7 +234,8 @@ class HelperPriority(object):
         if thread is not None:
             return thread.name
         try:
-            with open(os.path.join(self.task_dir, str(tid), "comm")) as handle:
+            with open(os.path.join(self.task_dir, str(tid), "comm"), encoding="utf-8",
+                      errors="replace") as handle:
                 return handle.read().strip() or str(tid)
         except OSError:
             return str(tid)
