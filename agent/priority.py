@@ -213,11 +213,14 @@ class HelperPriority(object):
                     self._back_to_idle()
                 return
             starved = []
+            # only the threads idle now are kept: an ended thread's figures must not meet a
+            # new thread that reuses its tid
+            seen, self._seen = self._seen, {}
             for tid in self._idle_tids():
                 times = self._times(tid)
                 if times is None:
                     continue
-                before = self._seen.get(tid)
+                before = seen.get(tid)
                 self._seen[tid] = times
                 if before is None or last is None or now <= last:
                     continue
