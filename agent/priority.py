@@ -87,7 +87,6 @@ class HelperPriority(object):
         if mode not in MODES:
             raise ValueError("backend.helper_priority must be one of {}, not {!r}".format(
                 ", ".join(MODES), mode))
-        self.proc = proc
         self.sched = sched if sched is not None else Sched()
         self.clock = clock
         self.task_dir = os.path.join(proc, "self", "task")
@@ -216,7 +215,8 @@ class HelperPriority(object):
             # only the threads idle now are kept: an ended thread's figures must not meet a
             # new thread that reuses its tid
             seen, self._seen = self._seen, {}
-            for tid in self._idle_tids():
+            idle = self._idle_tids()
+            for tid in idle:
                 times = self._times(tid)
                 if times is None:
                     continue
@@ -230,7 +230,7 @@ class HelperPriority(object):
                 if share > STARVED_WAIT and got < STARVED_GOT:
                     starved.append((tid, share, got))
             if starved:
-                self._to_normal(starved, now)
+                self._to_normal(starved, idle, now)
 
     def _name(self, tid: int) -> str:
         thread = self._enrolled.get(tid)
@@ -243,8 +243,8 @@ class HelperPriority(object):
         except OSError:
             return str(tid)
 
-    def _to_normal(self, starved: list, now: float) -> None:
-        for tid in self._idle_tids() | set(self._enrolled):
+    def _to_normal(self, starved: list, idle: Set[int], now: float) -> None:
+        for tid in idle | set(self._enrolled):
             try:
                 self.sched.set_normal(tid)
             except OSError:
