@@ -15,10 +15,14 @@ first, then agent first, ...), so a drift of this shared machine's speed falls o
 and each pair's ratio (agent / raw) compares runs a few seconds apart. Reported: the median
 of the pairs' ratios and their spread, every rate, and the load average before the run.
 
-    python tools/bench/external_qos1.py [--seconds 5] [--rounds 6] [--set KEY=VALUE ...]
+    python tools/bench/external_qos1.py [--seconds 5] [--rounds 6] [--counter paho|sub]
+        [--set KEY=VALUE ...]
+
+--counter sub counts with mosquitto_sub (C, one stamp per message into a file) instead of the
+paho subscriber in this process, to see what the observer itself costs the shared cores.
 
 Prints a table and, with --json, the figures as JSON. Needs mosquitto (apt-get install
-mosquitto) and paho-mqtt (in the main venv).
+mosquitto; mosquitto-clients for --counter sub) and paho-mqtt (in the main venv).
 """
 
 import argparse
@@ -128,6 +132,40 @@ class Counter(object):
         self.client.disconnect()
 
 
+class SubCounter(object):
+    """The same count taken by `mosquitto_sub` (C, QoS 1), which writes one wall-clock stamp
+    per message to a file: the observer costs the machine far less than paho in Python does.
+    Stamps are converted to CLOCK_MONOTONIC with the offset between the clocks at the start."""
+
+    def __init__(self, port: int, topic: str, tmp: str) -> None:
+        binary = shutil.which("mosquitto_sub")
+        if binary is None:
+            raise SystemExit("external_qos1: --counter sub needs mosquitto_sub; fix: apt-get "
+                             "install mosquitto-clients (or use --counter paho)")
+        self.path = os.path.join(tmp, "counter.stamps")
+        self.out = open(self.path, "wb")
+        self.offset = time.time() - time.monotonic()
+        self.proc = subprocess.Popen([binary, "-h", "127.0.0.1", "-p", str(port), "-t", topic,
+                                      "-q", "1", "-F", "%U"], stdout=self.out,
+                                     stderr=subprocess.DEVNULL)
+
+    def _stamps(self) -> List[float]:
+        with open(self.path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        return [float(line) - self.offset for line in lines[:-1]]  # the last may be partial
+
+    def count_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t in self._stamps() if t0 <= t < t1)
+
+    def first(self) -> Optional[float]:
+        stamps = self._stamps()
+        return stamps[0] if stamps else None
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self.out.close()
+
+
 class RawProcess(object):
     """The raw backend loop in a process of its own; `stamps` are (monotonic, inferences so
     far) every 10 inferences (CLOCK_MONOTONIC is the same clock in every process)."""
@@ -171,13 +209,15 @@ class RawProcess(object):
 class AgentProcess(object):
     """`edge-agent run` publishing at QoS 1 to the broker, counted by a Counter."""
 
-    def __init__(self, overrides: List[str], port: int, tmp: str) -> None:
+    def __init__(self, overrides: List[str], port: int, tmp: str, counter: str = "paho") -> None:
         state = tempfile.mkdtemp(prefix="state-", dir=tmp)
         sets = overrides + ["mqtt.host=127.0.0.1", "mqtt.port={}".format(port), "mqtt.qos=1",
                             "mqtt.keepalive_s=300", "device.id=ext",
                             "device.state_dir=" + state, "source.fps=0", "source.loop=true",
                             "predictions.max_rate_hz=null"]
-        self.counter = Counter(port, "edge/ext/predictions")
+        topic = "edge/ext/predictions"
+        self.counter = (SubCounter(port, topic, tmp) if counter == "sub"
+                        else Counter(port, topic))  # type: Any
         args = [sys.executable, "-m", "agent", "run"]
         for item in sets:
             args += ["--set", item]
@@ -239,6 +279,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=6, help="raw/agent pairs (6)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both the agent and raw (repeatable)")
+    parser.add_argument("--counter", choices=("paho", "sub"), default="paho",
+                        help="who counts at the broker: a paho subscriber in this Python "
+                             "process (paho, the default) or mosquitto_sub writing a stamp per "
+                             "message to a file (sub: costs the shared cores less)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     loadavg = [round(v, 2) for v in os.getloadavg()]
@@ -255,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raw.wait_started()
         raw.proc.send_signal(signal.SIGSTOP)
         print("starting the agent ...", file=sys.stderr)
-        agent = AgentProcess(args.set, port, tmp)
+        agent = AgentProcess(args.set, port, tmp, args.counter)
         agent.wait_started()
         time.sleep(args.warmup)  # the agent's warm-up, alone on the machine
         agent.proc.send_signal(signal.SIGSTOP)
@@ -275,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         broker.wait(10)
     ratios = [a / r for a, r in zip(agents, raws) if r]
     result = {"cpu_count": os.cpu_count(), "seconds": args.seconds, "settle": args.settle,
-              "overrides": args.set, "loadavg_before": loadavg,
+              "overrides": args.set, "counter": args.counter, "loadavg_before": loadavg,
               "mode": "interleaved pairs (SIGSTOP/SIGCONT), order alternating",
               "pair_order": ["".join(w[0] for w in o) for o in orders],
               "raw_fps": [round(r, 2) if r else None for r in raws],
