@@ -52,7 +52,7 @@ class FrameSlot(object):
         self._cond = threading.Condition()
         self._frames = deque()  # type: Deque[Any]
         self._ended = False
-        self._putters = 0  # put() calls waiting for the slot to empty (non-live)
+        self._putters = 0  # put() calls waiting for room in the slot (non-live)
         self.dropped = 0
 
     def put(self, frame: Any, stop: threading.Event) -> bool:
