@@ -51,7 +51,7 @@ class BackendOptions(object):
                  max_batch: int = 1, dla_core: Optional[int] = None,
                  calibration_dir: Optional[str] = None, preprocess: str = "auto",
                  state_dir: str = "./var", threads: Optional[int] = None,
-                 validate: Any = None, spin: bool = False) -> None:
+                 validate: Any = None, spin: bool = False, workers: int = 1) -> None:
         self.kind = kind
         self.precision = precision
         self.workspace_mb = workspace_mb
@@ -66,6 +66,9 @@ class BackendOptions(object):
         # CPU backends: worker threads busy-wait between inferences (a little less latency)
         # or sleep (far less CPU and power; more CPU for the other threads when saturated).
         self.spin = spin
+        # Frames in flight at once (backend.workers), for a backend whose infer() may run in
+        # several threads at a time (parallel()); any other runs one frame at a time.
+        self.workers = workers
 
     def copy(self, **changes: Any) -> "BackendOptions":
         values = dict(self.__dict__)
@@ -130,6 +133,11 @@ class Backend(object):
         Backends with per-thread state (TensorRT's CUDA context) let it go here; the next
         thread that calls infer() or close() takes it. A no-op for the others.
         """
+
+    def parallel(self) -> int:
+        """How many infer() calls may run at once, each in its own thread (backend.workers
+        where the library allows it); 1 for a backend with per-thread state."""
+        return 1
 
     # GPU preprocessing: a backend that can take the raw frame overrides these two.
     def accepts_frames(self) -> bool:

@@ -75,16 +75,40 @@ def _source_tensors(config: Config, uri: str, prep: Preprocessor, count: int = 1
 
 
 def measure_raw(backend: Any, tensors: List[Any], frames: int) -> Dict[str, Any]:
+    """The backend alone on pre-made tensors: `frames` inferences, as many at once as the
+    pipeline runs (backend.parallel(): that many threads calling it, as ONNX Runtime's
+    workers do in the agent), so raw and pipeline always compare the same setup."""
+    width = max(1, int(getattr(backend, "parallel", lambda: 1)()))
     for i in range(min(20, frames)):
         backend.infer(tensors[i % len(tensors)])
-    times = []
+    shares = [frames // width + (1 if k < frames % width else 0) for k in range(width)]
+    times = [[] for _ in range(width)]  # type: List[List[float]]
+    errors = []  # type: List[BaseException]
+
+    def loop(k: int) -> None:
+        try:
+            for i in range(shares[k]):
+                t0 = time.perf_counter()
+                backend.infer(tensors[(i * width + k) % len(tensors)])
+                times[k].append((time.perf_counter() - t0) * 1000.0)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
     start = time.perf_counter()
-    for i in range(frames):
-        t0 = time.perf_counter()
-        backend.infer(tensors[i % len(tensors)])
-        times.append((time.perf_counter() - t0) * 1000.0)
+    if width == 1:
+        loop(0)
+    else:
+        threads = [threading.Thread(target=loop, args=(k,), name="raw-{}".format(k))
+                   for k in range(width)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     total = time.perf_counter() - start
-    return {"frames": frames, "fps": round(frames / total, 2), "infer_ms": percentiles(times)}
+    if errors:
+        raise errors[0]
+    return {"frames": frames, "fps": round(frames / total, 2), "workers": width,
+            "infer_ms": percentiles([t for part in times for t in part])}
 
 
 def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames: int,
@@ -274,6 +298,7 @@ def run_bench(config: Config, model: Optional[str] = None, frames: int = 300,
         "precision": backend.precision,
         "degraded": reasons,
         "spin": config.backend.spin,
+        "workers": raw.get("workers", 1),
         "helper_priority": pipeline["helpers"]["helper_priority"],
         "helper_priority_note": pipeline["helpers"]["helper_priority_note"],
         "cpu_count": os.cpu_count(),
@@ -314,16 +339,19 @@ def _fmt(p: Optional[Dict[str, float]]) -> str:
 
 
 def print_table(r: Dict[str, Any], uri: str) -> None:
-    print("edge-agent bench: {} on {} ({}), {} cores, backend.spin {}, helper threads at {} "
-          "priority".format(r["model"], r["backend"], r["precision"], r["cpu_count"],
-                            "on" if r["spin"] else "off", r["helper_priority"]))
+    print("edge-agent bench: {} on {} ({}), {} cores, backend.spin {}, {} frame(s) in flight, "
+          "helper threads at {} priority".format(
+              r["model"], r["backend"], r["precision"], r["cpu_count"],
+              "on" if r["spin"] else "off", r["workers"], r["helper_priority"]))
     for reason in r["degraded"]:
         print("  note: " + reason)
     if r["helper_priority_note"] and r["helper_priority"] == "normal":
         print("  note: helper threads at normal priority: " + r["helper_priority_note"])
     print("")
     print("{:<34} {:>8}   {:>8} {:>8} {:>8}".format("", "fps", "p50 ms", "p95 ms", "p99 ms"))
-    print("{:<34} {:8.2f}   {}".format("raw backend (infer only)", r["raw"]["fps"],
+    print("{:<34} {:8.2f}   {}".format("raw backend (infer only)" if r["workers"] == 1 else
+                                       "raw backend, {} threads".format(r["workers"]),
+                                       r["raw"]["fps"],
                                        _fmt(r["raw"]["infer_ms"])))
     p = r["pipeline"]
     print("{:<34} {:8.2f}   {}".format("pipeline, " + uri[:24] + " (unpaced)", p["fps"] or 0.0,

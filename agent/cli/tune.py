@@ -36,7 +36,8 @@ def candidates_for(config: Config, backend: Any) -> List[search.Candidate]:
     """The candidate setups of the backend that loads for `config` (already open)."""
     b = config.backend
     if backend.name == "onnxruntime":
-        return search.onnxruntime_candidates(os.cpu_count() or 1, b.threads, b.spin)
+        return search.onnxruntime_candidates(os.cpu_count() or 1, b.threads, b.spin,
+                                             workers=b.workers)
     if backend.name == "tensorrt":
         precisions = [p for p in backend_class("tensorrt").precisions
                       if p != "int8" or b.calibration_dir]

@@ -53,6 +53,7 @@ class FrameSlot(object):
         self._frames = deque()  # type: Deque[Any]
         self._ended = False
         self._putters = 0  # put() calls waiting for room in the slot (non-live)
+        self._woken = False  # wake() since the last get(): get() returns at once
         self.dropped = 0
 
     def put(self, frame: Any, stop: threading.Event) -> bool:
@@ -76,14 +77,22 @@ class FrameSlot(object):
     def get(self, timeout: float) -> Any:
         """The next frame, or None after `timeout` or at the end of the stream."""
         with self._cond:
-            if not self._frames and not self._ended:
+            if not self._frames and not self._ended and not self._woken:
                 self._cond.wait(timeout)
+            self._woken = False
             frame = self._frames.popleft() if self._frames else None
             if frame is not None and self._putters:
                 # Only a put() waiting for the slot needs waking (profiled: notifying every
                 # frame cost ~1 % of the inference thread on 2 cores).
                 self._cond.notify_all()
             return frame
+
+    def wake(self) -> None:
+        """End a get() waiting now, or the next one, without a frame (the inference thread's
+        frames in flight call it as they finish)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def clear(self) -> int:
         """Drop the frames still waiting (at shutdown: they may hold pinned buffers); how

@@ -12,7 +12,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from ..backends.base import Backend
 from ..config import Config
@@ -97,6 +99,11 @@ class BackendSlot(object):
             threading.Thread(target=old.backend.close, name="close-old-backend",
                              daemon=True).start()
 
+    @property
+    def pending(self) -> bool:
+        """Whether a new model waits to be taken."""
+        return self._pending is not None
+
     def take_pending(self) -> None:
         """Inference thread: run the handed-over model from the next frame on."""
         with self._lock:
@@ -135,11 +142,26 @@ class Inferred(object):
         self.preprocess_ms = preprocess_ms
 
 
+class Failed(object):
+    """A frame the backend failed on: counted and logged by the inference thread."""
+
+    __slots__ = ("frame", "model", "error")
+
+    def __init__(self, frame: Frame, model: ActiveModel, error: Exception) -> None:
+        self.frame = frame
+        self.model = model
+        self.error = error
+
+
 class InferenceStage(object):
     """The inference thread (`run`): FrameSlot -> backend -> `out` queue of Inferred.
 
-    `result(ref, False, None, error)` is told of every frame that failed (probation counts
-    them); `max_frames` (--max-frames) sets `stop` after that many frames.
+    With a backend whose `parallel()` is N > 1 (ONNX Runtime with backend.workers), up to N
+    frames are in flight at once, each inferred in a worker thread of a pool this thread
+    owns; their results still leave in frame order, and a new model takes over only once the
+    old one's frames in flight are done. `result(ref, False, None, error)` is told of every
+    frame that failed (probation counts them); `max_frames` (--max-frames) sets `stop` after
+    that many frames.
     """
 
     def __init__(self, slot: FrameSlot, backends: BackendSlot, out: queue.Queue,
@@ -158,40 +180,93 @@ class InferenceStage(object):
         self.frames_done = 0
         self.done = threading.Event()
         self._errors_logged = 0
+        self._inflight = deque()  # type: Deque[Future]  # oldest first
+        self._pool = None  # type: Optional[ThreadPoolExecutor]
+        self._pool_size = 0
 
     def run(self) -> None:
         try:
             self._loop()
         finally:
-            self.backends.release()
-            self.done.set()
+            try:
+                self._drain()  # frames in flight at a stop are finished and handed on
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                self.backends.release()
+                self.done.set()
 
     def _loop(self) -> None:
+        inflight = self._inflight
         while not self.stop.is_set():
+            if inflight and self.backends.pending:
+                self._drain()  # the old model's frames first: then it may be closed
             self.backends.take_pending()
             self.beats += 1
-            item = self.slot.get(0.2)
+            model = self.backends.model
+            width = model.backend.parallel() if model is not None else 1
+            if inflight and (inflight[0].done() or len(inflight) >= width
+                             or not self._room() or self.slot.ended):
+                self._finish(inflight.popleft().result())
+                continue
+            item = self.slot.get(0.2)  # woken early when a frame in flight finishes
             if item is None:
-                if self.slot.ended:
+                if not inflight and self.slot.ended:
                     if not self.stop.is_set():
                         log.info("all frames processed")
                         self.stop.set()
                     break
                 continue
-            model = self.backends.model
             if model is None:
                 continue
-            result = self._infer(model, item)
-            if result is None:
-                continue
-            self.out.put(result)
-            self.frames_done += 1
-            if self.max_frames is not None and self.frames_done >= self.max_frames:
-                log.info("processed %d frames (--max-frames)", self.frames_done)
-                self.stop.set()
+            if width == 1:
+                self._finish(self._infer(model, item))
+            else:
+                future = self._workers(width).submit(self._infer, model, item)
+                future.add_done_callback(lambda _f: self.slot.wake())
+                inflight.append(future)
 
-    def _infer(self, model: ActiveModel, item: Any) -> Optional[Inferred]:
-        """The outputs of `model` for a Captured item; None (counted, logged) on a failure."""
+    def _room(self) -> bool:
+        """Whether one more frame may go in flight under --max-frames."""
+        return self.max_frames is None or \
+            self.frames_done + len(self._inflight) < self.max_frames
+
+    def _workers(self, width: int) -> ThreadPoolExecutor:
+        """The pool for `width` frames in flight (made in this thread, so its threads share
+        its scheduling priority; remade when a new model asks for another width)."""
+        if self._pool is None or self._pool_size != width:
+            self._drain()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(max_workers=width,
+                                            thread_name_prefix="inference-worker")
+            self._pool_size = width
+        return self._pool
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._finish(self._inflight.popleft().result())
+
+    def _finish(self, done: Any) -> None:
+        """Inference thread: hand an Inferred on, or count and log a Failed frame."""
+        if isinstance(done, Failed):
+            self.stats.record_error()
+            if self._errors_logged < 5:
+                log.error("inference failed on frame %s with %s: %s", done.frame.seq,
+                          done.model.ref, done.error)
+                self._errors_logged += 1
+            self.result(done.model.ref, False, None, str(done.error))
+            return
+        self.out.put(done)
+        self.frames_done += 1
+        if self.max_frames is not None and self.frames_done >= self.max_frames \
+                and not self.stop.is_set():
+            log.info("processed %d frames (--max-frames)", self.frames_done)
+            self.stop.set()
+
+    def _infer(self, model: ActiveModel, item: Any) -> Any:
+        """The Inferred outputs of `model` for a Captured item, or Failed. Runs in the
+        inference thread, or in a worker of its pool: it touches nothing shared."""
         frame = item.frame
         preprocess_ms = item.preprocess_ms
         t0 = time.monotonic()
@@ -207,11 +282,5 @@ class InferenceStage(object):
                     t0 = time.monotonic()
                 outputs = model.backend.infer(tensor)
         except Exception as exc:  # a failing model must not stop the loop
-            self.stats.record_error()
-            if self._errors_logged < 5:
-                log.error("inference failed on frame %s with %s: %s", frame.seq, model.ref,
-                          exc)
-                self._errors_logged += 1
-            self.result(model.ref, False, None, str(exc))
-            return None
+            return Failed(frame, model, exc)
         return Inferred(frame, outputs, model, (time.monotonic() - t0) * 1000.0, preprocess_ms)

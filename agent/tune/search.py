@@ -18,13 +18,21 @@ OBJECTIVES = ("auto", "efficiency", "fps", "latency")
 
 
 def onnxruntime_candidates(cpu_count: int, threads: Optional[int], spin: bool,
-                           spins: Sequence[bool] = (False, True)) -> List[Candidate]:
-    """ONNX Runtime: intra-op threads 1, 2, half and all the cores, each with spin off/on."""
+                           spins: Sequence[bool] = (False, True),
+                           workers: int = 1) -> List[Candidate]:
+    """ONNX Runtime: one frame at a time on 1, 2, half and all the cores' intra-op threads,
+    each with spin off/on; then 2, half and all the cores' frames at once (backend.workers,
+    the cores shared among them, spin off)."""
     counts = sorted(set(n for n in (1, 2, cpu_count // 2, cpu_count) if 1 <= n <= cpu_count))
-    out = [make_candidate({"backend.threads": threads, "backend.spin": spin})]
+    out = [make_candidate({"backend.threads": threads, "backend.spin": spin,
+                           "backend.workers": workers})]
     for n in counts:
         for s in spins:
-            out.append(make_candidate({"backend.threads": n, "backend.spin": s}))
+            out.append(make_candidate({"backend.threads": n, "backend.spin": s,
+                                       "backend.workers": 1}))
+    for w in sorted(set(n for n in (2, cpu_count // 2, cpu_count) if 2 <= n <= cpu_count)):
+        out.append(make_candidate({"backend.threads": None, "backend.spin": False,
+                                   "backend.workers": w}))
     return _unique(out)
 
 

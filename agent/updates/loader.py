@@ -35,7 +35,7 @@ def backend_options(config: Config) -> BackendOptions:
                           if b.calibration_dir else None,
                           preprocess=b.preprocess,
                           state_dir=config.resolve(config.device.state_dir), threads=b.threads,
-                          validate=b.validate, spin=b.spin)
+                          validate=b.validate, spin=b.spin, workers=b.workers)
 
 
 def bundled_model_dirs(config: Config) -> List[str]:

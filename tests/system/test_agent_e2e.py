@@ -34,6 +34,28 @@ def test_cat_and_coffee_photos_come_back_classified_over_mqtt(broker, recorder, 
         assert topic == "edge/{}/predictions".format(device)
 
 
+def test_two_frames_in_flight_publish_every_photo_in_order(broker, recorder, run_agent):
+    """backend.workers=2: ONNX Runtime infers two frames at once; every prediction still
+    arrives, in frame order, each photo with its own label."""
+    expected = {"cat.jpg": CAT_CLASSES, "coffee.jpg": {"espresso", "cup", "coffee mug"},
+                "rocket.jpg": {"missile", "projectile", "space shuttle"}}
+    agent = run_agent("workers", "--set", "backend.workers=2",
+                      "--set", "source.uri=file://" + SAMPLES, "--set", "source.fps=0",
+                      "--set", "source.loop=true", "--max-frames", "24")
+    assert agent.wait(120) == 0, agent.err
+    recorder.wait_topic("workers/status", lambda p: p.get("state") == "offline", 10,
+                        "offline status")
+    predictions = recorder.of("workers/predictions")
+    assert [p["seq"] for p in predictions] == list(range(1, 25))
+    frame_seqs = [p["frame_seq"] for p in predictions]
+    assert frame_seqs == sorted(frame_seqs) and len(set(frame_seqs)) == 24
+    assert {p["frame"] for p in predictions} == set(expected)
+    for p in predictions:
+        assert p["top"][0]["label"] in expected[p["frame"]], p
+    serving = [p for p in recorder.of("workers/status") if p.get("state") == "serving"][0]
+    assert serving["model"]["workers"] == 2
+
+
 def test_status_serving_then_offline_and_info_retained(broker, recorder, run_agent):
     agent = run_agent("lifecycle", "--max-frames", "3")
     assert agent.wait(90) == 0, agent.err

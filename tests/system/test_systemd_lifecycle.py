@@ -298,6 +298,9 @@ def test_the_watchdog_progress_is_the_inference_loops_own():
         def release_thread(self):
             pass
 
+        def parallel(self):
+            return 1
+
     class Model(object):
         ref, preprocessor, backend = "hang@1", None, HangingBackend()
 

@@ -44,7 +44,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # agent.cli.bench (pair_orders, ratio_spread)
 
 RAW_CODE = r"""
-import json, sys, time
+import json, sys, threading, time
 from agent.config import load_config
 from agent.backends import open_backend
 from agent.cli.bench import _source_tensors, measure_raw, resolve_package
@@ -55,13 +55,26 @@ package = resolve_package(config, None)
 backend, _ = open_backend(package, backend_options(config))
 tensors = _source_tensors(config, config.source.uri, Preprocessor(package.input))
 measure_raw(backend, tensors, 50)  # warm-up
-frames = 0
-while True:  # until terminated; held with SIGSTOP while the agent runs
-    for i in range(10):
-        backend.infer(tensors[(frames + i) % len(tensors)])
-    frames += 10
-    sys.stdout.write("{:.6f} {}\n".format(time.monotonic(), frames))
-    sys.stdout.flush()
+# As many calls at once as the agent runs (backend.workers): thread 0 reports the total.
+width = backend.parallel()
+counts = [0] * width
+
+
+def loop(k):
+    i = k
+    while True:  # until terminated; held with SIGSTOP while the agent runs
+        for _ in range(10):
+            backend.infer(tensors[i % len(tensors)])
+            i += width
+        counts[k] += 10
+        if k == 0:
+            sys.stdout.write("{:.6f} {}\n".format(time.monotonic(), sum(counts)))
+            sys.stdout.flush()
+
+
+for k in range(1, width):
+    threading.Thread(target=loop, args=(k,), daemon=True).start()
+loop(0)
 """
 
 

@@ -28,13 +28,22 @@ from support.sysfs import iio_chip
 
 def test_onnxruntime_candidates_start_with_the_configured_setup():
     cands = search.onnxruntime_candidates(4, None, False)
-    assert cands[0] == {"backend.spin": False, "backend.threads": None}
-    threads = sorted(set(c["backend.threads"] for c in cands[1:]))
-    assert threads == [1, 2, 4]
-    assert len(cands) == 1 + 3 * 2
+    assert cands[0] == {"backend.spin": False, "backend.threads": None, "backend.workers": 1}
+    one_at_a_time = [c for c in cands[1:] if c["backend.workers"] == 1]
+    assert sorted(set(c["backend.threads"] for c in one_at_a_time)) == [1, 2, 4]
+    assert len(one_at_a_time) == 3 * 2
+    # frames at once: 2 and all 4 cores' worth, the cores shared among them, spin off
+    assert [(c["backend.workers"], c["backend.threads"], c["backend.spin"])
+            for c in cands if c["backend.workers"] > 1] == [(2, None, False), (4, None, False)]
     assert len(set(tuple(c.items()) for c in cands)) == len(cands)
     two = search.onnxruntime_candidates(2, 2, False)
-    assert [c["backend.threads"] for c in two] == [2, 1, 1, 2]  # configured one not repeated
+    assert [(c["backend.threads"], c["backend.workers"]) for c in two] == \
+        [(2, 1), (1, 1), (1, 1), (2, 1), (None, 2)]  # configured one not repeated
+    configured = search.onnxruntime_candidates(2, None, False, workers=2)
+    assert configured[0]["backend.workers"] == 2 and \
+        [c["backend.workers"] for c in configured].count(2) == 1
+    assert search.onnxruntime_candidates(1, None, False)[-1]["backend.workers"] == 1
+    assert search.describe(cands[-1]) == "spin=off threads=default workers=4"
 
 
 def test_tensorrt_candidates_cover_precision_preprocessing_workspace_and_dla():
