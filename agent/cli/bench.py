@@ -128,19 +128,29 @@ def measure_pipeline(config: Config, backend: Any, uri: str, fps: float, frames:
     agent = Agent(run_config, max_frames=frames + warmup, link=sink, telemetry=telemetry,
                   backend=backend)
     stamps = []  # type: List[float]
-    agent.listeners.append(lambda frame, payload: stamps.append(time.monotonic()))
+    cpu = []  # type: List[float]  # the process's CPU time (all threads) at each prediction
+
+    def stamp(frame: Any, payload: Any) -> None:
+        stamps.append(time.monotonic())
+        cpu.append(time.process_time())
+
+    agent.listeners.append(stamp)
     agent.run()
     spool.close()
     shutil.rmtree(tmp, ignore_errors=True)
     # Without telemetry nothing took a window: the stats hold every frame, in order. (With
     # telemetry on, only fps is used.)
     samples = agent.stats.take()["samples"]
-    stamps = stamps[warmup:]
+    stamps, cpu = stamps[warmup:], cpu[warmup:]
     elapsed = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
     stages = {stage: percentiles(values[warmup:]) for stage, values in samples.items()}
     return {"frames": len(stamps), "fps": round((len(stamps) - 1) / elapsed, 2)
             if elapsed > 0 else None, "stages_ms": stages, "dropped": agent.slot.dropped,
-            "errors": agent.stats.errors, "helpers": agent.priority.describe()}
+            "errors": agent.stats.errors, "helpers": agent.priority.describe(),
+            # CPU of the whole process (every thread) per frame between the first and last
+            # measured prediction: on a CPU-inferring device, what each frame costs in power
+            "cpu_ms_per_frame": round((cpu[-1] - cpu[0]) * 1000.0 / (len(cpu) - 1), 3)
+            if len(cpu) > 1 else None}
 
 
 BENCH_IDLE_S = 5.0   # bench's idle baseline: longer than the daemon's, in parts for a spread
@@ -363,6 +373,8 @@ def print_table(r: Dict[str, Any], uri: str) -> None:
                                        _fmt(lv["stages_ms"]["end_to_end"])))
     for stage in ("preprocess", "infer"):
         print("  {:<32} {:>8}   {}".format(stage, "", _fmt(lv["stages_ms"][stage])))
+    print("process CPU per frame: {} ms unpaced, {} ms live-like (every thread of this "
+          "process)".format(p.get("cpu_ms_per_frame"), lv.get("cpu_ms_per_frame")))
     print("")
     print("pipeline fps / raw fps: {} (median of {} pairs: {}; raw fps {}, pipeline fps {})"
           .format(r["ratio"], r["rounds"], r["ratios"], r["raw_fps_rounds"],

@@ -49,3 +49,25 @@ def test_bench_runs_each_pair_back_to_back_in_alternating_order(monkeypatch, cap
     assert result["ratio_spread"]["pairs"] == 2
     assert result["ratio_spread"]["median"] == result["ratio"]
     assert result["ratio_spread"]["min"] <= result["ratio"] <= result["ratio_spread"]["max"]
+    assert result["workers"] == 1 and result["raw"]["workers"] == 1
+    # the process's CPU per frame, over the measured predictions only: more than nothing
+    for run in ("pipeline", "live"):
+        assert result[run]["cpu_ms_per_frame"] > 0, result[run]
+
+
+def test_bench_with_workers_measures_raw_as_many_at_once_and_says_so(monkeypatch, capsys):
+    widths = []
+    real_raw = bench.measure_raw
+
+    def raw(backend, *args, **kw):
+        widths.append(backend.parallel())
+        return real_raw(backend, *args, **kw)
+
+    monkeypatch.setattr(bench, "measure_raw", raw)
+    config = load_config(os.path.join(ROOT, "config.yaml"),
+                         ["telemetry.power=none", "backend.workers=2"])
+    assert bench.run_bench(config, frames=10, rounds=1) == 0
+    out = capsys.readouterr().out
+    assert widths == [2]
+    assert "2 frame(s) in flight" in out and "raw backend, 2 threads" in out
+    assert "process CPU per frame:" in out
