@@ -305,7 +305,8 @@ def _add_convert(sub: Any) -> None:
 def _add_tune(sub: Any) -> None:
     """`tune`: candidate setups measured for fps, latency and energy; the best as an overlay."""
     p = _command(sub, "tune", "measure candidate setups for fps, latency and watts; pick one",
-                 "Measures each setup the agent controls (ONNX Runtime threads and spin; "
+                 "Measures each setup the agent controls (ONNX Runtime threads, spin and "
+                 "frames in flight (backend.workers); "
                  "TensorRT precision, cpu/gpu preprocessing, workspace, DLA core; nvpmodel "
                  "modes with --power-modes as root) through the whole pipeline, unpaced, "
                  "with bench's machinery: fps, capture-to-publish p50/p99, mean W and "
