@@ -191,7 +191,9 @@ class Agent(object):
                 self.health.problem("model", errors[-1], announce=False)
                 return
             model = self.backends.start_with(backend)
-        log.info("serving %s on %s (%s)", model.ref, model.backend.name, model.backend.precision)
+        log.info("serving %s", model.serving())
+        if model.note:
+            log.info("%s", model.note)
 
     def _serve_until_stopped(self, spool_watch: SpoolWatch) -> None:
         """Main thread: SIGHUP reloads, the spool is retried, --duration ends the run."""

@@ -38,9 +38,22 @@ class ActiveModel(object):
                                      self.package.output.name, top_k=config.predictions.top_k,
                                      min_score=config.predictions.min_score)
         self.ref = self.package.ref
+        self.in_flight = backend.parallel()
+        self.note = None  # type: Optional[str]
+        asked = getattr(getattr(config, "backend", None), "workers", 1) or 1
+        if asked > 1 and self.in_flight == 1:
+            self.note = ("backend.workers is {} but {} runs one frame at a time (it keeps its "
+                         "state per thread)".format(asked, backend.name))
 
     def describe(self) -> Dict[str, Any]:
         return self.backend.describe()
+
+    def serving(self) -> str:
+        """`ref on backend (precision)`, and the frames in flight when more than one."""
+        text = "{} on {} ({})".format(self.ref, self.backend.name, self.backend.precision)
+        if self.in_flight > 1:
+            text += ", {} frames in flight".format(self.in_flight)
+        return text
 
 
 class BackendSlot(object):
@@ -94,7 +107,9 @@ class BackendSlot(object):
                                      "{:.0f} s".format(timeout))
             done.wait(timeout)
         old = result[0] if result else None
-        log.info("now serving %s on %s (%s)", active.ref, backend.name, backend.precision)
+        log.info("now serving %s", active.serving())
+        if active.note:
+            log.info("%s", active.note)
         if old is not None:
             threading.Thread(target=old.backend.close, name="close-old-backend",
                              daemon=True).start()
@@ -204,7 +219,7 @@ class InferenceStage(object):
             self.backends.take_pending()
             self.beats += 1
             model = self.backends.model
-            width = model.backend.parallel() if model is not None else 1
+            width = model.in_flight if model is not None else 1
             if inflight and (inflight[0].done() or len(inflight) >= width
                              or not self._room() or self.slot.ended):
                 self._finish(inflight.popleft().result())

@@ -302,7 +302,7 @@ def test_the_watchdog_progress_is_the_inference_loops_own():
             return 1
 
     class Model(object):
-        ref, preprocessor, backend = "hang@1", None, HangingBackend()
+        ref, preprocessor, backend, in_flight = "hang@1", None, HangingBackend(), 1
 
     stop = threading.Event()
     slot = FrameSlot(live=True)

@@ -9,6 +9,7 @@ import shutil
 import threading
 
 import numpy as np
+import pytest
 
 from agent.config import load_config
 from support.paths import MODEL_DIR, ROOT
@@ -16,7 +17,10 @@ from support.model_server import MANIFEST
 from support.trt_helpers import doubles
 
 
-def test_tensorrt_swap_loses_no_frame(broker, recorder, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tensorrt_swap_loses_no_frame(broker, recorder, tmp_path, workers):
+    """With backend.workers=2 too: TensorRT keeps its CUDA context current in the inference
+    thread, so it still runs one frame at a time there (the doubles refuse any other thread)."""
     www = tmp_path / "www"
     www.mkdir()
     shutil.copy(os.path.join(MODEL_DIR, "model.onnx"), str(www / "model.onnx"))
@@ -28,7 +32,8 @@ def test_tensorrt_swap_loses_no_frame(broker, recorder, tmp_path):
             "mqtt.port={}".format(broker.port), "mqtt.host=127.0.0.1", "device.id=trt",
             "device.state_dir={}".format(tmp_path / "state"), "backend.kind=tensorrt",
             "backend.precision=fp16", "source.uri=file://models/samples", "source.fps=20",
-            "telemetry.interval_s=1", "updates.file_roots=[{}]".format(www)])
+            "telemetry.interval_s=1", "updates.file_roots=[{}]".format(www),
+            "backend.workers={}".format(workers)])
         agent = Agent(config)
         thread = threading.Thread(target=agent.run)
         thread.start()

@@ -14,7 +14,7 @@ from agent.backends.base import Backend, BackendOptions
 from agent.config import load_config
 from agent.pipeline.capture import Captured
 from agent.pipeline.frames import Frame, FrameSlot
-from agent.pipeline.inference import BackendSlot, InferenceStage
+from agent.pipeline.inference import ActiveModel, BackendSlot, InferenceStage
 from agent.store.package import ModelPackage
 from agent.telemetry import StageStats
 from support.paths import MODEL_DIR
@@ -257,3 +257,14 @@ def test_frame_slot_wake_ends_a_waiting_get_and_the_next_one_once():
     assert slot.get(30) is None
     t0 = time.monotonic()
     assert slot.get(0.05) is None and time.monotonic() - t0 >= 0.04
+
+
+def test_the_serving_line_names_the_frames_in_flight_and_a_backend_that_ignores_workers():
+    two = ActiveModel(GatedBackend(2).load(), load_config(None, ["backend.workers=2"]))
+    assert two.in_flight == 2 and two.note is None
+    assert two.serving() == "efficientnet_lite0@1 on gated (fp32), 2 frames in flight"
+    one = ActiveModel(GatedBackend(1).load(), load_config(None, ["backend.workers=2"]))
+    assert one.in_flight == 1 and one.serving() == "efficientnet_lite0@1 on gated (fp32)"
+    assert one.note == ("backend.workers is 2 but gated runs one frame at a time (it keeps "
+                        "its state per thread)")
+    assert ActiveModel(GatedBackend(1).load(), load_config(None)).note is None
