@@ -191,9 +191,7 @@ class Agent(object):
                 self.health.problem("model", errors[-1], announce=False)
                 return
             model = self.backends.start_with(backend)
-        log.info("serving %s", model.serving())
-        if model.note:
-            log.info("%s", model.note)
+        model.log_serving("serving")
 
     def _serve_until_stopped(self, spool_watch: SpoolWatch) -> None:
         """Main thread: SIGHUP reloads, the spool is retried, --duration ends the run."""

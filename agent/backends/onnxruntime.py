@@ -62,7 +62,7 @@ class OnnxRuntimeBackend(Backend):
         # thread each call runs on its caller's thread. On the 2-core VM (bundled model, CPU):
         # two such callers gave 332 inferences/s against 213 for one call on two intra-op
         # threads, at 199 % against 170 % CPU.
-        return max(1, int(getattr(self.options, "workers", 1) or 1))
+        return max(1, int(self.options.workers))
 
     def _infer_impl(self, tensor: np.ndarray) -> Dict[str, np.ndarray]:
         outputs = self._session.run(None, {self.input_name: tensor})

@@ -78,7 +78,7 @@ def measure_raw(backend: Any, tensors: List[Any], frames: int) -> Dict[str, Any]
     """The backend alone on pre-made tensors: `frames` inferences, as many at once as the
     pipeline runs (backend.parallel(): that many threads calling it, as ONNX Runtime's
     workers do in the agent), so raw and pipeline always compare the same setup."""
-    width = max(1, int(getattr(backend, "parallel", lambda: 1)()))
+    width = backend.parallel()
     for i in range(min(20, frames)):
         backend.infer(tensors[i % len(tensors)])
     shares = [frames // width + (1 if k < frames % width else 0) for k in range(width)]

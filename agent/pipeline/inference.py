@@ -40,7 +40,7 @@ class ActiveModel(object):
         self.ref = self.package.ref
         self.in_flight = backend.parallel()
         self.note = None  # type: Optional[str]
-        asked = getattr(getattr(config, "backend", None), "workers", 1) or 1
+        asked = config.backend.workers
         if asked > 1 and self.in_flight == 1:
             self.note = ("backend.workers is {} but {} runs one frame at a time (it keeps its "
                          "state per thread)".format(asked, backend.name))
@@ -54,6 +54,12 @@ class ActiveModel(object):
         if self.in_flight > 1:
             text += ", {} frames in flight".format(self.in_flight)
         return text
+
+    def log_serving(self, verb: str) -> None:
+        """Log `verb` + what serves now, and the note when backend.workers does not apply."""
+        log.info("%s %s", verb, self.serving())
+        if self.note:
+            log.info("%s", self.note)
 
 
 class BackendSlot(object):
@@ -107,9 +113,7 @@ class BackendSlot(object):
                                      "{:.0f} s".format(timeout))
             done.wait(timeout)
         old = result[0] if result else None
-        log.info("now serving %s", active.serving())
-        if active.note:
-            log.info("%s", active.note)
+        active.log_serving("now serving")
         if old is not None:
             threading.Thread(target=old.backend.close, name="close-old-backend",
                              daemon=True).start()
