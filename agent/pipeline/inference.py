@@ -252,9 +252,9 @@ class InferenceStage(object):
 
     def _workers(self, width: int) -> ThreadPoolExecutor:
         """The pool for `width` frames in flight (made in this thread, so its threads share
-        its scheduling priority; remade when a new model asks for another width)."""
+        its scheduling priority; remade when a new model asks for another width, which it
+        takes only once the old one's frames are drained)."""
         if self._pool is None or self._pool_size != width:
-            self._drain()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(max_workers=width,
