@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
 from .errors import AgentError
+from .logs import printable_stdout
 
 DESCRIPTION = """\
 edge-agent: a managed inference device. It serves an image classification model on a camera
@@ -485,6 +486,7 @@ COMMANDS = {
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    printable_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

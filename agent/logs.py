@@ -5,10 +5,12 @@ Under systemd (``$JOURNAL_STREAM`` or ``$INVOCATION_ID``) each line gets an sd-d
 anywhere else lines are timestamped. Pure stdlib.
 """
 
+import codecs
+import io
 import logging
 import os
 import sys
-from typing import Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Union
 
 from .errors import ConfigError
 
@@ -28,6 +30,54 @@ def _priority(levelno):
         if levelno >= threshold:
             return priority
     return 7
+
+
+_ESCAPE = "edge-agent-escape"
+_kept_streams = []  # type: List[Any]
+
+
+def _escape_error(exc):
+    # type: (UnicodeError) -> Any
+    """What a character the output's encoding lacks becomes: an argv or file name byte that
+    Python decoded with surrogateescape goes out as that byte again; anything else as a
+    backslash escape (as Python writes stderr), never an exception."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start:exc.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in text):
+        return bytes(ord(c) - 0xDC00 for c in text), exc.end
+    return codecs.backslashreplace_errors(exc)
+
+
+codecs.register_error(_ESCAPE, _escape_error)
+
+
+def printable_stdout():
+    # type: () -> None
+    """Make `print` of any text safe on an ASCII stdout.
+
+    Python 3.6 (JetPack 4.6) under the C locale (l4t containers, cron, a shell without LANG)
+    writes stdout as ASCII and raises UnicodeEncodeError at the first label, device name or
+    message with another character, after the command may have done half its work; 3.7+
+    switch to UTF-8 there. Such characters are escaped instead, as stderr already does."""
+    stream = sys.stdout
+    encoding = getattr(stream, "encoding", None)
+    if getattr(stream, "buffer", None) is None or not encoding or \
+            getattr(stream, "errors", None) not in ("strict", "surrogateescape"):
+        return
+    try:
+        if codecs.lookup(encoding).name.startswith("utf"):
+            return
+    except LookupError:
+        return
+    stream.flush()
+    if hasattr(stream, "reconfigure"):  # Python 3.7+
+        stream.reconfigure(errors=_ESCAPE)
+        return
+    # The old wrapper would close the shared buffer when collected: keep it.
+    _kept_streams.append(stream)
+    sys.stdout = io.TextIOWrapper(stream.buffer, encoding=encoding, errors=_ESCAPE,
+                                  line_buffering=stream.line_buffering)
 
 
 def under_journald(environ=None, stream=None):

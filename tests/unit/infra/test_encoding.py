@@ -140,6 +140,59 @@ def test_the_service_logs_utf8_under_the_c_locale(tmp_path, with_unit_env):
         assert proc.stderr == b"<4>agent.test: label: cr\\xe8me-br\\xfbl\\xe9e\n"
 
 
+# A command printing a label, with a directory name from argv that Python 3.6 decoded with
+# surrogateescape: the label must come out escaped and the name as its own bytes.
+PRINTING_COMMAND = textwrap.dedent("""
+    import sys
+    from agent import __main__ as cli
+    cli.COMMANDS["run"] = lambda args: print("top-1: cr\\u00e8me-br\\u00fbl\\u00e9e in",
+                                             sys.argv[1]) or 0
+    sys.exit(cli.main(["run"]))
+    """)
+LABEL = b"top-1: cr\\xe8me-br\\xfbl\\xe9e in "
+
+
+def python36_with_numpy():
+    python = python36()
+    probe = subprocess.run([python, "-c", "import numpy"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    if probe.returncode != 0:
+        pytest.skip("{} has no numpy (the JetPack 4.6 stack installs it)".format(python))
+    return python
+
+
+def test_a_command_printing_a_label_does_not_crash_on_python36_under_lang_c(tmp_path):
+    """3.6 writes stdout as ASCII under LANG=C and raised UnicodeEncodeError at the first
+    non-ASCII label (`package`'s top-5, `send`'s events, `fleet`'s table)."""
+    proc = subprocess.run([python36_with_numpy(), "-c", PRINTING_COMMAND,
+                           b"/data/mod\xc3\xa8les"],
+                          cwd=str(tmp_path), env=dict(c_locale_env(), PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-2000:]
+    assert proc.stdout == LABEL + b"/data/mod\xc3\xa8les\n"
+
+
+def test_an_ascii_stdout_by_choice_escapes_too(tmp_path):
+    """stdout ASCII by choice (PYTHONIOENCODING=ascii): reconfigure() on 3.7+, a new wrapper
+    on 3.6. 3.7+ decode argv as UTF-8 under the C locale: there the name is text, escaped."""
+    proc = subprocess.run([sys.executable, "-c", PRINTING_COMMAND, b"/data/mod\xc3\xa8les"],
+                          cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(c_locale_env(), PYTHONPATH=ROOT, PYTHONIOENCODING="ascii"),
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-2000:]
+    name = b"/data/mod\xc3\xa8les" if sys.version_info < (3, 7) else b"/data/mod\\xe8les"
+    assert proc.stdout == LABEL + name + b"\n"
+
+
+def test_a_utf8_stdout_is_left_as_it_is(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", PRINTING_COMMAND, "/data/models"],
+                          cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(c_locale_env(), PYTHONPATH=ROOT, PYTHONIOENCODING="utf-8"),
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-2000:]
+    assert proc.stdout == "top-1: crème-brûlée in /data/models\n".encode("utf-8")
+
+
 # --- static: every text open() names its encoding ---------------------------------------------
 
 
