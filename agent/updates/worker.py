@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import uuid
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from ..errors import AgentError
 from ..store.store import ModelStore
@@ -20,6 +20,7 @@ from ..threads import BackgroundThread
 from .commands import Command, CommandError, parse_command, request_id_of, RETAINED_ERROR
 from .events import Emit, Reporter
 from .handlers import Activate, ModelCommands, Prepare
+from .journal import FINAL_STATES, CommandJournal, interrupted_error
 from .replay import DEFAULT_COMMAND_MAX_AGE_S, ReplayWindow, stale_reason
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class ModelManager(object):
 
     Replays: the last `replay_window` request_ids are refused again, also after a restart
     (agent.updates.replay); retained messages are never run.
+
+    Crashes: accepted commands are journaled until their final event (agent.updates.journal);
+    `start()` first answers, with `failed`, each one an earlier run left unfinished.
     """
 
     def __init__(self, store: ModelStore, emit: Emit, prepare: Prepare, activate: Activate,
@@ -65,15 +69,17 @@ class ModelManager(object):
                  replay_window: int = 512) -> None:
         policy = command_policy(updates_config)
         self.store = store
-        self._emit = Reporter(emit)
+        self._worker_ident = None  # type: Optional[int]
+        self._emit = Reporter(self._handing_on(emit))
         self._stop = stop_event
         self.max_age_s = policy["max_age_s"]
         self.handlers = ModelCommands(store, self._emit, prepare, activate, stop_event,
                                       policy["public_key_file"], policy["install"])
         self.replay = ReplayWindow(getattr(store, "state_dir", None), replay_window)
+        self.journal = CommandJournal(getattr(store, "state_dir", None))
         self._maxsize = queue_size
         self._pending = collections.deque()  # type: Deque[Command]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # hand_on may run under it (the stop path)
         self._wake = threading.Condition(self._lock)
         self._current = None  # type: Optional[Command]
         self._closed = False  # set under _lock when the worker has ended: nothing is queued then
@@ -82,8 +88,33 @@ class ModelManager(object):
     # -------------------------------------------------------------- lifecycle
 
     def start(self) -> "ModelManager":
+        self._answer_interrupted()
         self._thread.start()
         return self
+
+    def _handing_on(self, emit: Emit) -> Callable[[Dict[str, Any]], None]:
+        """`emit`, and the bookkeeping of the running command's final event (the worker thread
+        emits it; a refusal of a replayed request_id, from the caller's thread, is not it): it
+        stops being current before the event leaves, so a ping or model/cancel sent on seeing
+        it finds it finished, and leaves the journal once the event is handed on."""
+        def hand_on(event: Dict[str, Any]) -> None:
+            ending = None  # type: Optional[Command]
+            if event.get("state") in FINAL_STATES and threading.get_ident() == self._worker_ident:
+                with self._lock:
+                    ending, self._current = self._current, None
+            emit(event)
+            if ending is not None:
+                self.journal.closed(ending.request_id)
+        return hand_on
+
+    def _answer_interrupted(self) -> None:
+        """The final event of each command an earlier run accepted and never finished."""
+        for entry in self.journal.left_over():
+            error = interrupted_error(entry)
+            log.warning("%s %s: %s", entry["command"], entry["request_id"], error)
+            self._emit(entry["command"], entry["request_id"], "failed", error=error,
+                       detail=self.handlers.serving(), interrupted=True)
+            self.journal.closed(entry["request_id"])
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the worker to end (after stop_event is set); True if it has."""
@@ -165,6 +196,7 @@ class ModelManager(object):
             return
         if urgent:
             cmd.urgent = True
+            self.journal.opened(cmd.name, cmd.request_id)
             self._pending.appendleft(cmd)
             self._wake.notify_all()
             self._emit(cmd.name, cmd.request_id, "accepted",
@@ -178,6 +210,7 @@ class ModelManager(object):
                        error="busy: {} commands are already waiting; send it again when the "
                              "current one has finished".format(self._maxsize))
             return
+        self.journal.opened(cmd.name, cmd.request_id)
         self._pending.append(cmd)
         self._wake.notify_all()
         detail = "queued: {} command{} ahead".format(ahead, "s" if ahead > 1 else "") \
@@ -187,6 +220,7 @@ class ModelManager(object):
     # -------------------------------------------------------------- the worker
 
     def _run(self) -> None:
+        self._worker_ident = threading.get_ident()
         while not self._stop.is_set():
             with self._lock:
                 if not self._pending:
@@ -201,7 +235,8 @@ class ModelManager(object):
                 if cmd.cancelled.is_set():
                     self.handlers.emit_cancelled(cmd)
                 else:
-                    self.handlers.run(cmd)
+                    self.journal.running(cmd.request_id)
+                    self.handlers.run(cmd)  # every outcome ends in a final event
             finally:
                 with self._lock:
                     self._current = None
@@ -212,6 +247,7 @@ class ModelManager(object):
                 self._emit(cmd.name, cmd.request_id, "failed",
                            error="the agent stopped before this command ran; send it again "
                                  "after it restarts")
+                self.journal.closed(cmd.request_id)
 
     # -------------------------------------------------------------- answered at once
 
@@ -276,6 +312,7 @@ class ModelManager(object):
             return
         if not running:
             self.handlers.emit_cancelled(found)
+            self.journal.closed(found.request_id)
         self._emit(cmd.name, cmd.request_id, "done",
                    detail="cancelling {} {}{}".format(
                        found.name, target, "" if not running else

@@ -198,7 +198,14 @@ def test_kill_9_during_install_restarts_serving_a_valid_model(broker, recorder, 
     assert version in ("1", "2")
     recorder.wait_topic(device + "/predictions", lambda p: p["model"].endswith("@" + version),
                         30, "predictions after the restart", since=since)
-    print("kill -9 at {}: restarted serving version {}".format(kill_at, version))
+    # The operator hears how the command ended: the restarted agent answers a command it did
+    # not finish (unless it had finished before the kill landed).
+    final = final_event(recorder, device, "k")
+    assert final["state"] == "activated" or (
+        final["state"] == "failed" and final.get("interrupted") is True and
+        "interrupted" in final["error"]), events_of(recorder, device, "k")
+    print("kill -9 at {}: restarted serving version {}; the command ended {}".format(
+        kill_at, version, final["state"]))
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
 
@@ -233,6 +240,10 @@ def test_kill_9_at_random_instants_during_installs(broker, recorder, run_agent, 
                             since=since)
         outcomes.append((trial, round(delay, 2), states[-1] if states else "-",
                          status["model"]["version"], round(time.monotonic() - t0, 1)))
+    # Every command an agent accepted has a final event, whatever instant the kill hit.
+    accepted = [o for o in ("rk-" + str(10 + t) for t in range(trials))
+                if "accepted" in [e["state"] for e in events_of(recorder, device, o)]]
+    ends = [final_event(recorder, device, rid, timeout=60)["state"] for rid in accepted]
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
     store = __import__("agent.store.store", fromlist=["ModelStore"]).ModelStore(
@@ -244,3 +255,4 @@ def test_kill_9_at_random_instants_during_installs(broker, recorder, run_agent, 
           "restart, restart-to-serving s):")
     for row in outcomes:
         print("  {}".format(row))
+    print("final events of the {} accepted commands: {}".format(len(accepted), ends))
