@@ -182,7 +182,7 @@ class Agent(object):
             store = ModelStore.from_updates(self.state_dir, self.config.updates)
             self.loader = ModelLoader(self.config, store, self.health.emit_event,
                                       latest_image=lambda: capture.last_image,
-                                      on_building=self._building)
+                                      on_building=self._building, stop=self.stop)
             self.manager = ModelManager(store, self.health.emit_event,
                                         self.loader.prepare, self.activate_backend, self.stop,
                                         updates_config=self.config.updates).start()

@@ -19,3 +19,8 @@ class BackendError(AgentError):
 
 class SourceError(AgentError):
     """A frame source could not be opened or read."""
+
+
+class Cancelled(AgentError):
+    """Long work (a TensorRT build) stopped on request: model/cancel, or the agent stopping.
+    Not a reason to try the next backend."""

@@ -8,9 +8,9 @@ previous model when even that fails is the caller's job (it still holds the old 
 
 import importlib
 import logging
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from ..errors import AgentError, BackendError
+from ..errors import AgentError, BackendError, Cancelled
 from ..store.package import ModelPackage
 from .base import PRECISIONS, Backend, BackendOptions, Progress
 
@@ -56,13 +56,18 @@ def plan_chain(options: BackendOptions) -> List[Tuple[str, BackendOptions]]:
 
 
 def open_backend(package: ModelPackage, options: BackendOptions,
-                 progress: Optional[Progress] = None) -> Tuple[Backend, List[str]]:
-    """Load the best backend the chain allows; returns it with the reasons for each step down."""
+                 progress: Optional[Progress] = None,
+                 cancel: Any = None) -> Tuple[Backend, List[str]]:
+    """Load the best backend the chain allows; returns it with the reasons for each step down.
+    `cancel.is_set()` stops a TensorRT build where TensorRT can (10+): Cancelled, and no step
+    down."""
     reasons = []  # type: List[str]
     last_error = None  # type: Optional[Exception]
     for kind, opts in plan_chain(options):
         try:
-            backend = backend_class(kind)(package, opts, progress=progress).load()
+            backend = backend_class(kind)(package, opts, progress=progress, cancel=cancel).load()
+        except Cancelled:
+            raise
         except AgentError as exc:
             last_error = exc
             precision = opts.precision if backend_class(kind).precisions != ("fp32",) else ""

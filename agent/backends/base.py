@@ -84,10 +84,11 @@ class Backend(object):
     precisions = ("fp32",)  # type: Sequence[str]
 
     def __init__(self, package: ModelPackage, options: BackendOptions,
-                 progress: Optional[Progress] = None) -> None:
+                 progress: Optional[Progress] = None, cancel: Any = None) -> None:
         self.package = package
         self.options = options
         self.progress = progress  # (phase, fraction or None, detail) during a long load
+        self.cancel = cancel  # is_set() True: stop a long load (a TensorRT build) if it can
         self.precision = "fp32"
         self.loaded = False
         self.closed = False

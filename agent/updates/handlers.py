@@ -29,7 +29,9 @@ from .events import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
-Prepare = Callable[[ModelPackage, Progress], Any]
+# prepare(package, progress, cancel): cancel.is_set() when the command is cancelled or the
+# agent stops (a TensorRT 10 build stops at its next step).
+Prepare = Callable[[ModelPackage, Progress, Any], Any]
 Activate = Callable[[Any, ModelPackage], None]
 
 
@@ -197,7 +199,8 @@ class ModelCommands(object):
         was = self.store.active_ref()
         self._emit(cmd.name, cmd.request_id, "building", detail="preparing {}".format(
             package.ref))
-        backend = self._prepare(package, self._emit.progress(cmd.name, cmd.request_id, True))
+        backend = self._prepare(package, self._emit.progress(cmd.name, cmd.request_id, True),
+                                _CancelFlag(self._stop, cmd))
         try:
             if self._stop.is_set():
                 raise AgentError("the agent is stopping; {} was not activated".format(

@@ -16,7 +16,7 @@ import numpy as np
 from ..backends import open_backend
 from ..backends.base import Backend, BackendOptions
 from ..config import Config
-from ..errors import AgentError, BackendError, ModelError
+from ..errors import AgentError, BackendError, Cancelled, ModelError
 from ..postprocess import Classifier
 from ..preprocess import Preprocessor
 from ..store.layout import write_atomic  # with the store's temp-file prefix
@@ -67,7 +67,7 @@ class ModelLoader(object):
 
     `latest_image()` gives the newest camera frame (or None) for the sanity check;
     `on_building(ref)` is told when a build starts (ref) and ends (None); `emit` publishes
-    an event.
+    an event; `stop` (the agent stopping) stops the start's build where TensorRT can.
     """
 
     # Remembers the model.name of the last start. A dot name: model names cannot start with
@@ -77,22 +77,25 @@ class ModelLoader(object):
 
     def __init__(self, config: Config, store: Any, emit: Callable[[Dict[str, Any]], None],
                  latest_image: Callable[[], Any] = lambda: None,
-                 on_building: Callable[[Optional[str]], None] = lambda ref: None) -> None:
+                 on_building: Callable[[Optional[str]], None] = lambda ref: None,
+                 stop: Any = None) -> None:
         self.config = config
+        self.stop = stop
         self.store = store
         self.emit = emit
         self.latest_image = latest_image
         self.on_building = on_building
 
     # ---------------------------------------------------------------- prepare and check
-    def prepare(self, package: ModelPackage, progress: Progress) -> Backend:
+    def prepare(self, package: ModelPackage, progress: Progress, cancel: Any = None) -> Backend:
         """Load `package` on the best backend and check it on real-looking frames before it
-        may serve (runs in the model manager's thread, or at start)."""
+        may serve (runs in the model manager's thread, or at start). `cancel.is_set()` stops
+        a TensorRT build where TensorRT can (see open_backend)."""
         package.verify()
         self.on_building(package.ref)
         try:
             backend, reasons = open_backend(package, backend_options(self.config),
-                                            progress=progress)
+                                            progress=progress, cancel=cancel)
         finally:
             self.on_building(None)
         for reason in reasons:
@@ -162,7 +165,10 @@ class ModelLoader(object):
             if package is None:
                 continue
             try:
-                backend = self.prepare(package, self.start_progress)
+                backend = self.prepare(package, self.start_progress, self.stop)
+            except Cancelled as exc:  # the agent is stopping: no other candidate either
+                errors.append(str(exc))
+                break
             except AgentError as exc:
                 errors.append(str(exc))
                 continue

@@ -316,4 +316,5 @@ class ModelManager(object):
         self._emit(cmd.name, cmd.request_id, "done",
                    detail="cancelling {} {}{}".format(
                        found.name, target, "" if not running else
-                       "; a download stops at once, a build at its end"))
+                       "; a download stops at once, a TensorRT 10 build at its next "
+                       "step, an older TensorRT build at its end"))

@@ -71,9 +71,11 @@ class InferenceSeam(object):
         self.fail_prepare = None  # type: Optional[str]
         self.fail_activate = None  # type: Optional[str]
         self.gate = None  # type: Optional[threading.Event]
+        self.cancel = None  # type: Any
         self.entered = threading.Event()
 
-    def prepare(self, package: Any, progress: Any) -> Any:
+    def prepare(self, package: Any, progress: Any, cancel: Any) -> Any:
+        self.cancel = cancel  # what a TensorRT build polls (agent.backends.tensorrt.build)
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(20), "test never opened the prepare gate"

@@ -92,7 +92,7 @@ def manager(tmp_path):
     events = _Events()
     stop = threading.Event()
 
-    def prepare(package, progress):
+    def prepare(package, progress, cancel):
         raise AgentError("fuzz: prepare is not reached by valid-looking fuzz input")
 
     def activate(backend, package):

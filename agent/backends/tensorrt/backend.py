@@ -37,8 +37,8 @@ class TensorRTBackend(Backend):
 
     def __init__(self, package: ModelPackage, options: BackendOptions,
                  progress: Optional[Progress] = None, board_root: str = "/",
-                 device: int = 0) -> None:
-        super(TensorRTBackend, self).__init__(package, options, progress)
+                 device: int = 0, cancel: Any = None) -> None:
+        super(TensorRTBackend, self).__init__(package, options, progress, cancel)
         self.board_root = board_root
         self.device = device
         self.engine_key = None  # type: Optional[str]
@@ -172,7 +172,7 @@ class TensorRTBackend(Backend):
             calibration_cache=cache.calibration_cache_path(version),
             timing_cache=cache.timing_cache_path(version, self.gpu or "unknown"),
             gpu=self.gpu or "unknown", compute_capability=self.compute_capability or "unknown",
-            cuda=self._cuda, progress=self.progress, trt=self._trt)
+            cuda=self._cuda, progress=self.progress, cancel=self.cancel, trt=self._trt)
         self.precision = fresh.precision
         for note in fresh.notes:
             self._note(note)

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...errors import BackendError
+from ...errors import BackendError, Cancelled
 from ...store.package import InputSpec
 from ..base import Progress, check_precision, report_progress
 from .calibrator import create_int8_calibrator
@@ -66,8 +66,10 @@ class _BuildTimer(object):
             self._thread.join()
 
 
-def _progress_monitor(trt: Any, timer: _BuildTimer, progress: Optional[Progress]) -> Any:
-    """A trt.IProgressMonitor (TensorRT 10+) that names the builder's current phase."""
+def _progress_monitor(trt: Any, timer: _BuildTimer, progress: Optional[Progress],
+                      cancel: Any) -> Any:
+    """A trt.IProgressMonitor (TensorRT 10+) that names the builder's current phase and stops
+    the build at the next step once `cancel.is_set()` (step_complete returning False)."""
 
     class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
@@ -80,7 +82,7 @@ def _progress_monitor(trt: Any, timer: _BuildTimer, progress: Optional[Progress]
                                                                            num_steps))
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # never cancel
+            return cancel is None or not cancel.is_set()
 
         def phase_finish(self, phase_name: str) -> None:
             if timer.phase == phase_name:
@@ -145,12 +147,15 @@ def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 25
                  calibration_cache: Optional[str] = None, timing_cache: Optional[str] = None,
                  gpu: str = "unknown", compute_capability: str = "unknown",
                  cuda: Any = None, progress: Optional[Progress] = None,
-                 progress_interval: float = 5.0, trt: Any = None) -> BuildResult:
+                 progress_interval: float = 5.0, cancel: Any = None,
+                 trt: Any = None) -> BuildResult:
     """Parse `onnx_path` and build a serialized engine (like `trtexec --onnx --saveEngine`).
 
     Raises BackendError naming what failed: the preflight problems, each parser error, an
     impossible precision, or a builder that returned no engine. INT8 needs `input_spec`,
     `calibration_files` (or an existing `calibration_cache`) and an open CudaContext `cuda`.
+    Cancelled once `cancel.is_set()`: before the builder runs, and on TensorRT 10+ (whose
+    IProgressMonitor may stop it) at the builder's next step; TensorRT 8 builds to the end.
     """
     trt = trt or import_tensorrt()
     started = time.monotonic()
@@ -185,11 +190,14 @@ def build_engine(onnx_path: str, precision: str = "fp16", workspace_mb: int = 25
         _set_dla(trt, builder, config, int(dla_core), notes)
     timing = _load_timing_cache(config, timing_cache, notes)
 
+    _check_cancel(cancel, version, onnx_path, "before the build")
     report_progress(progress, "building", 0.1, "building {} engine (workspace {} MiB)".format(
         built, workspace_mb))
-    serialized = _build_serialized(trt, builder, network, config, progress, progress_interval)
+    serialized = _build_serialized(trt, builder, network, config, progress, progress_interval,
+                                   cancel)
     del parser, calibrator  # held until the build is done
     if serialized is None:
+        _check_cancel(cancel, version, onnx_path, "during the build")
         raise BackendError(
             "TensorRT {} could not build a {} engine for {} (workspace {} MiB): {}; try a larger "
             "backend.workspace_mb or precision fp32".format(
@@ -334,13 +342,21 @@ def _save_timing_cache(config: Any, path: Optional[str], notes: List[str]) -> No
         notes.append("timing cache {} not saved: {}".format(path, exc))
 
 
+def _check_cancel(cancel: Any, version: str, onnx_path: str, when: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("TensorRT {} engine build for {} stopped {} (model/cancel, or the agent "
+                        "stopping); nothing was cached".format(
+                            version, os.path.basename(onnx_path), when))
+
+
 def _build_serialized(trt: Any, builder: Any, network: Any, config: Any,
-                      progress: Optional[Progress], progress_interval: float) -> Any:
+                      progress: Optional[Progress], progress_interval: float,
+                      cancel: Any) -> Any:
     """Run the builder, reporting elapsed time (and the phase on TensorRT 10+) meanwhile."""
     with _BuildTimer(progress, progress_interval) as timer:
         monitor = None
         if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
-            monitor = _progress_monitor(trt, timer, progress)
+            monitor = _progress_monitor(trt, timer, progress, cancel)
             config.progress_monitor = monitor
         if hasattr(builder, "build_serialized_network"):
             return builder.build_serialized_network(network, config)

@@ -84,6 +84,8 @@ class Knobs(object):
         self.min_workspace = 1 << 20
         self.corrupt_outputs = set()  # type: set  # precisions whose outputs get scrambled
         self.builds = 0
+        self.cancelled_builds = 0  # stopped by an IProgressMonitor's step_complete -> False
+        self.build_steps_hook = None  # type: Any  # called before each build step (tests)
         self.deserializations = 0
         self.calibration_batches = 0
         self.timing_cache_hits = 0
@@ -586,6 +588,23 @@ class _BuilderCore(object):
             if monitor is not None:
                 monitor.phase_finish("Building engine")
 
+    def _step(self, monitor: Any, step: int) -> bool:
+        """A build step; False when the monitor asks to stop (TensorRT 10's IProgressMonitor:
+        stepComplete returning false cancels the build, which then returns no engine)."""
+        knobs = self._trt.KNOBS
+        if knobs.build_steps_hook is not None:
+            knobs.build_steps_hook(step)
+        if monitor is None:
+            return True
+        go_on = monitor.step_complete("Building engine", step)
+        if not isinstance(go_on, bool):  # pybind11 casts the override's result to bool
+            raise TypeError("IProgressMonitor.step_complete must return bool, got {!r}".format(
+                go_on))
+        if not go_on:
+            knobs.cancelled_builds += 1
+            self._error("Build was cancelled by the progress monitor")
+        return go_on
+
     def _build(self, network: INetworkDefinition, config: Any, monitor: Any) -> Any:
         trt, knobs = self._trt, self._trt.KNOBS
         if knobs.fail_build:
@@ -626,8 +645,8 @@ class _BuilderCore(object):
                 self._error("DLA core {} requested but the device has {} DLA cores".format(
                     config.DLA_core, _gpu(trt)["dla_cores"]))
                 return None
-        if monitor is not None:
-            monitor.step_complete("Building engine", 0)
+        if not self._step(monitor, 0):
+            return None
         import hashlib
         onnx_digest = hashlib.sha256(network._onnx).hexdigest()[:16]
         if config._timing is not None:
@@ -636,8 +655,8 @@ class _BuilderCore(object):
                 knobs.timing_cache_hits += 1
             else:
                 config._timing._entries.append(entry)
-        if monitor is not None:
-            monitor.step_complete("Building engine", 1)
+        if not self._step(monitor, 1):
+            return None
         header = {
             "version": trt.__version__, "gpu": _gpu(trt)["name"], "cc": list(_gpu(trt)["cc"]),
             "precision": precision, "ranges": ranges,
@@ -648,8 +667,8 @@ class _BuilderCore(object):
             else None,
         }
         knobs.builds += 1
-        if monitor is not None:
-            monitor.step_complete("Building engine", 2)
+        if not self._step(monitor, 2):
+            return None
         return IHostMemory(MAGIC + json.dumps(header).encode("utf-8") + b"\n" + network._onnx)
 
     def _calibrate(self, network: INetworkDefinition, calibrator: Any) -> Any:

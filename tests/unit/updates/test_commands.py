@@ -332,3 +332,27 @@ def test_stop_answers_waiting_commands(tmp_path: Any) -> None:
     late = env.events.finished("late")
     assert late["state"] == "rejected" and "stopping" in late["error"]
     env.server.close()
+
+
+@pytest.mark.parametrize("by", ["model/cancel", "stop"])
+def test_prepare_gets_a_flag_that_a_cancel_or_the_stop_sets(tmp_path: Any, by: str) -> None:
+    """The flag a TensorRT 10 build polls: set by model/cancel naming the command, or by the
+    agent stopping."""
+    env = Env(tmp_path)
+    try:
+        env.seam.gate = threading.Event()
+        env.install("1", 1, "slow")
+        assert env.seam.entered.wait(20)
+        flag = env.seam.cancel
+        assert not flag.is_set()
+        if by == "stop":
+            env.stop.set()
+        else:
+            env.manager.submit_raw("model/cancel", payload(request_id="c", target="slow"))
+        assert flag.is_set()
+        env.seam.gate.set()
+        final = env.events.finished("slow")
+        assert final["state"] == "failed"
+        assert final.get("cancelled") is (True if by == "model/cancel" else None), final
+    finally:
+        env.close()
