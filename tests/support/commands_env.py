@@ -124,6 +124,17 @@ class Env(object):
         self.manager.submit_raw("model/install", json.dumps(
             {k: v for k, v in args.items() if v is not None}).encode())
 
+    def restart(self) -> Events:
+        """A second manager on this state_dir, as after a restart of the agent: the events
+        its start sends (it is stopped again at once)."""
+        events = Events()
+        stop = threading.Event()
+        manager = ModelManager(self.store, events, self.seam.prepare, self.seam.activate,
+                               stop).start()
+        stop.set()
+        assert manager.join(20)
+        return events
+
     def close(self) -> None:
         self.stop.set()
         if self.seam.gate is not None:

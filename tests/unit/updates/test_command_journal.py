@@ -12,20 +12,9 @@ from typing import Any, List
 
 import pytest
 
-from support.commands_env import Env, Events
+from support.commands_env import Env
 
 from agent.updates.journal import OPEN_FILE, CommandJournal
-from agent.updates.worker import ModelManager
-
-
-def restart(env: Env) -> Events:
-    """A second manager on env's state_dir, as after a restart; its events."""
-    events = Events()
-    manager = ModelManager(env.store, events, env.seam.prepare, env.seam.activate,
-                           threading.Event()).start()
-    manager._stop.set()
-    assert manager.join(20)
-    return events
 
 
 def settle(env: Env) -> None:
@@ -54,7 +43,7 @@ def test_commands_left_open_by_a_crash_are_answered_at_the_next_start(env: Env) 
     env.install("2", 2, "second")  # queued behind it
     assert journal_ids(env) == ["first", "second"]
 
-    after = restart(env)  # the first agent "died" here: no final event was sent for either
+    after = env.restart()  # the first agent "died" here: no final event was sent for either
     first, second = after.finished("first"), after.finished("second")
     assert first["state"] == second["state"] == "failed"
     assert first["interrupted"] is True and second["interrupted"] is True
@@ -64,7 +53,7 @@ def test_commands_left_open_by_a_crash_are_answered_at_the_next_start(env: Env) 
     assert first["detail"] == "no model was active"
     assert [e["state"] for e in after.items] == ["failed", "failed"]  # nothing else
 
-    assert restart(env).items == []  # answered once: the journal is empty now
+    assert env.restart().items == []  # answered once: the journal is empty now
 
 
 def test_a_finished_command_leaves_nothing_to_answer(env: Env) -> None:
@@ -74,7 +63,7 @@ def test_a_finished_command_leaves_nothing_to_answer(env: Env) -> None:
     assert env.events.finished("rb")["state"] == "failed"  # no previous version
     settle(env)
     assert journal_ids(env) == []
-    assert restart(env).items == []
+    assert env.restart().items == []
 
 
 def test_a_duplicate_request_id_does_not_close_the_running_command(env: Env) -> None:
@@ -86,7 +75,7 @@ def test_a_duplicate_request_id_does_not_close_the_running_command(env: Env) -> 
     env.install("2", 2, "same")
     assert "duplicate request_id" in env.events.finished("same")["error"]
     assert journal_ids(env) == ["same"]
-    after = restart(env)
+    after = env.restart()
     assert after.finished("same")["interrupted"] is True
 
 
@@ -108,21 +97,7 @@ def test_cancelled_and_refused_commands_leave_nothing_open(tmp_path: Any) -> Non
         assert journal_ids(env) == []
     finally:
         env.close()
-    assert restart(env).items == []
-
-
-def test_a_stop_answers_everything_and_leaves_nothing_open(env: Env) -> None:
-    env.seam.gate = threading.Event()
-    env.install("1", 1, "first")
-    assert env.seam.entered.wait(20)
-    env.install("2", 2, "second")
-    env.stop.set()
-    env.seam.gate.set()
-    assert env.manager.join(20)
-    assert env.events.finished("first")["state"] == "failed"
-    assert env.events.finished("second")["state"] == "failed"
-    assert journal_ids(env) == []
-    assert restart(env).items == []
+    assert env.restart().items == []
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b'{"commands": 3}',

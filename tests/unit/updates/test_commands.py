@@ -328,6 +328,7 @@ def test_stop_answers_waiting_commands(tmp_path: Any) -> None:
     second = env.events.finished("second")
     assert second["state"] == "failed" and "stopped before this command ran" in second["error"]
     assert env.seam.closed == ["tiny@1"] and env.store.active_ref() is None
+    assert env.restart().items == []  # both answered: nothing is left open for the next start
     env.install("3", 3, "late")
     late = env.events.finished("late")
     assert late["state"] == "rejected" and "stopping" in late["error"]
