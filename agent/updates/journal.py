@@ -76,10 +76,6 @@ class CommandJournal(object):
                 del self._open[request_id]
                 self._save()
 
-    def open_ids(self) -> List[str]:
-        with self._lock:
-            return list(self._open)
-
     def _load(self) -> List[Dict[str, Any]]:
         if self.path is None:
             return []
