@@ -10,10 +10,8 @@ from typing import Any, Dict, List, Optional
 
 from ..config import Config
 from ..errors import AgentError
+from ..updates.events import FINAL_OK, FINAL_STATES
 from . import config_from_args
-
-FINAL_OK = ("done", "activated", "installed")
-FINAL_BAD = ("rejected", "failed")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -58,7 +56,7 @@ def send_command(config: Config, command: str, device: Optional[str] = None,
         with lock:
             out.write(_event_line(message.topic.split("/")[-2], event))
             out.flush()
-            if event.get("state") in FINAL_OK + FINAL_BAD:
+            if event.get("state") in FINAL_STATES:
                 outcomes.append(event["state"])
                 if device:
                     done.set()

@@ -14,6 +14,10 @@ from typing import Any, Callable, Dict, Optional
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Dict[str, Any]], None]
+# The states that end a command: its last event has one of them.
+FINAL_OK = ("done", "activated", "installed")
+FINAL_BAD = ("rejected", "failed")
+FINAL_STATES = FINAL_OK + FINAL_BAD
 # progress(phase, fraction 0..1 or None, detail): the same shape as agent.backends.Progress.
 Progress = Callable[[str, Optional[float], str], None]
 

@@ -22,8 +22,6 @@ from ..atomicfile import write_atomic
 log = logging.getLogger(__name__)
 
 OPEN_FILE = "commands-open.json"
-# The states that end a command (agent.updates.events); a command's last event has one of them.
-FINAL_STATES = ("done", "activated", "installed", "rejected", "failed")
 
 
 def interrupted_error(entry: Dict[str, Any]) -> str:

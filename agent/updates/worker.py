@@ -18,9 +18,9 @@ from ..errors import AgentError
 from ..store.store import ModelStore
 from ..threads import BackgroundThread
 from .commands import Command, CommandError, parse_command, request_id_of, RETAINED_ERROR
-from .events import Emit, Reporter
+from .events import FINAL_STATES, Emit, Reporter
 from .handlers import Activate, ModelCommands, Prepare
-from .journal import FINAL_STATES, CommandJournal, interrupted_error
+from .journal import CommandJournal, interrupted_error
 from .replay import DEFAULT_COMMAND_MAX_AGE_S, ReplayWindow, stale_reason
 
 log = logging.getLogger(__name__)
